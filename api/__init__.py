@@ -1,0 +1,1 @@
+"""The HTTP producer: validates, records, enqueues by task name. Never imports torch."""

@@ -1,0 +1,137 @@
+"""A Python client for the torchqueue API, for other systems and for the command line.
+
+    from api.client import Client
+    with Client("http://127.0.0.1:8000") as tq:
+        job = tq.train("iris-mlp", "mlp", {"builtin": "iris"}, training={"epochs": 50})
+        job = tq.wait(job["id"])
+        print(tq.predict("iris-mlp", [[5.1, 3.5, 1.4, 0.2]], wait=30)["result"])
+
+Every method returns the API's JSON as plain dicts; an error answer raises ``ApiError``
+with the HTTP status, the error's ``type``, its ``detail`` and the ``field`` at fault.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from shared.config import get_settings
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+Json = dict[str, Any]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, type_: str, detail: str, field: str | None = None):
+        super().__init__(f"{status} {type_}: {detail}")
+        self.status, self.type, self.detail, self.field = status, type_, detail, field
+
+
+class Client:
+    def __init__(self, base_url: str | None = None, *, timeout: float = 30.0) -> None:
+        self.base_url = (base_url or get_settings().api_url).rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Json:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unreachable", f"cannot reach {self.base_url}: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"type": "http_error", "detail": response.text[:500]}
+        if response.is_error:
+            raise ApiError(
+                response.status_code,
+                str(body.get("type", "http_error")),
+                str(body.get("detail", body)),
+                body.get("field"),
+            )
+        result: Json = body
+        return result
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def train(
+        self,
+        model_name: str,
+        family: str,
+        dataset: Json,
+        *,
+        params: Json | None = None,
+        training: Json | None = None,
+    ) -> Json:
+        body = {
+            "model_name": model_name,
+            "family": family,
+            "dataset": dataset,
+            "params": params or {},
+            "training": training or {},
+        }
+        return self._call("POST", "/v1/jobs/train", json=body)
+
+    def predict(
+        self,
+        model_name: str,
+        inputs: list[Any],
+        *,
+        version: int | str = "latest",
+        wait: float | None = None,
+    ) -> Json:
+        body: Json = {"model_name": model_name, "version": version, "inputs": inputs}
+        if wait is not None:
+            body["wait"] = wait
+        timeout = self._http.timeout.read or 30.0
+        return self._call("POST", "/v1/jobs/predict", json=body, timeout=timeout + (wait or 0))
+
+    def job(self, job_id: str) -> Json:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(self, **filters: Any) -> Json:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._call("GET", "/v1/jobs", params=params)
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_update: Callable[[Json], None] | None = None,
+    ) -> Json:
+        """Poll until the job ends (or ``timeout`` seconds pass); return its last state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["state"] in TERMINAL or (deadline is not None and time.monotonic() > deadline):
+                return job
+            time.sleep(poll)
+
+    # --- models ------------------------------------------------------------------------
+
+    def models(self, *, limit: int = 50, offset: int = 0) -> Json:
+        return self._call("GET", "/v1/models", params={"limit": limit, "offset": offset})
+
+    def model(self, name: str) -> Json:
+        return self._call("GET", f"/v1/models/{name}")
+
+    def model_version(self, name: str, version: int | str = "latest") -> Json:
+        return self._call("GET", f"/v1/models/{name}/versions/{version}")
+
+    def ready(self) -> Json:
+        return self._call("GET", "/readyz")

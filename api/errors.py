@@ -1,0 +1,91 @@
+"""The one place where errors become HTTP responses: a status, a machine-readable ``type``,
+a human ``detail`` and, where there is one, the ``field`` at fault. Never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import TorchqueueError
+
+log = logging.getLogger(__name__)
+
+_WHERE = {"body", "query", "path", "header"}
+
+
+def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``('body', 'dataset', 'inline', 'inputs', 3)`` → ``dataset.inline.inputs[3]``;
+    pydantic's tags for union branches (``list[str]``, ``int``) are left out."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif (
+            (i == 0 and part in _WHERE)
+            or not str(part).isidentifier()
+            or part
+            in (
+                "int",
+                "str",
+                "float",
+                "bool",
+                "literal",
+            )
+        ):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": field_name(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    body = {
+        "type": "invalid_spec",
+        "detail": f"{first['field']}: {first['message']}",
+        "field": first["field"],
+        "errors": errors,
+    }
+    return JSONResponse(body, status_code=422)
+
+
+async def _ours(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TorchqueueError)
+    if exc.status >= 500:
+        log.error("%s: %s", exc.type, exc.detail)
+    return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = "not_found" if exc.status_code == 404 else "http_error"
+    return JSONResponse(
+        {"type": kind, "detail": str(exc.detail)},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"type": "internal_error", "detail": "internal error; the server log has the details"},
+        status_code=500,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(TorchqueueError, _ours)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,62 @@
+"""The model registry: models, their versions, and what can be trained."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from api.deps import SessionDep
+from shared.datasets import BUILTIN_DATASETS
+from shared.db import store
+from shared.families import FAMILIES
+from shared.schemas import ErrorOut, ModelOut, ModelPage, ModelVersionOut
+
+router = APIRouter(prefix="/v1", tags=["models"])
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+
+
+@router.get("/models")
+def list_models(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelPage:
+    return store.list_models(session, limit=limit, offset=offset)
+
+
+@router.get("/models/{name}", responses=ERRORS)
+def get_model(name: str, session: SessionDep) -> ModelOut:
+    """A model with all its versions."""
+    return store.get_model(session, name)
+
+
+@router.get("/models/{name}/versions/{version}", responses=ERRORS)
+def get_model_version(
+    name: str,
+    version: Annotated[int | Literal["latest"], Path(description="a number, or latest")],
+    session: SessionDep,
+) -> ModelVersionOut:
+    return store.get_model_version(session, name, version)
+
+
+@router.get("/families")
+def list_families() -> dict[str, Any]:
+    """The model families a training job may name, with their parameters' schemas."""
+    return {
+        name: {
+            "input": f.input_kind,
+            "description": f.description,
+            "params": f.params.model_json_schema(),
+        }
+        for name, f in sorted(FAMILIES.items())
+    }
+
+
+@router.get("/datasets")
+def list_datasets() -> dict[str, Any]:
+    """The built-in data sets."""
+    return {
+        name: {"input": d.input_kind, "task": d.task, "description": d.description}
+        for name, d in sorted(BUILTIN_DATASETS.items())
+    }

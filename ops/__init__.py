@@ -1,0 +1,1 @@
+"""How torchqueue is operated: the command line, the local supervisor, deployment files."""

@@ -1,0 +1,122 @@
+"""The ``torchqueue`` command: run the system (up, api, worker, flower, db) and use it
+(train, predict, jobs, models) through ``api.client``. Heavy imports stay inside commands,
+so that the client commands and the API never load torch."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ops.client_commands import CLIENT_COMMANDS
+
+
+@click.group()
+@click.option("--api-url", envvar="TORCHQUEUE_API_URL", help="default http://127.0.0.1:8000")
+@click.pass_context
+def cli(ctx: click.Context, api_url: str | None) -> None:
+    """torchqueue: PyTorch training and prediction jobs on GPU workers."""
+    ctx.ensure_object(dict)
+    ctx.obj["api_url"] = api_url
+
+
+# --- running the system ----------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    envvar="TORCHQUEUE_HOME",
+    default=".torchqueue",
+    show_default=True,
+    help="state directory",
+)
+@click.option("--port", default=8000, show_default=True, help="API port")
+@click.option("--flower-port", default=5555, show_default=True)
+def up(home: Path, port: int, flower_port: int) -> None:
+    """Start everything on this machine, in the foreground; Ctrl-C stops it."""
+    from ops.supervisor import Supervisor
+
+    sys.exit(Supervisor(home=home.resolve(), port=port, flower_port=flower_port).run())
+
+
+@cli.command()
+@click.option("--host", default=None, help="default TORCHQUEUE_API_HOST or 127.0.0.1")
+@click.option("--port", type=int, default=None, help="default TORCHQUEUE_API_PORT or 8000")
+def api(host: str | None, port: int | None) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    from shared.config import get_settings
+
+    settings = get_settings()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+    )
+
+
+@cli.command()
+@click.option("--gpus", help="GPU indices for this worker: 0, 2,3 or all")
+@click.option("--cpu", is_flag=True, help="run on the CPU")
+@click.option("--queues", default="train,predict", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(gpus: str | None, cpu: bool, queues: str, loglevel: str) -> None:
+    """Run a Celery worker pinned to a GPU group or the CPU."""
+    from workers.devices import DeviceGroup, parse_gpus
+    from workers.main import run_worker
+
+    if bool(gpus) == cpu:
+        raise click.UsageError("give exactly one of --gpus or --cpu")
+    try:
+        group = parse_gpus(gpus) if gpus else DeviceGroup()
+        run_worker(group, [q.strip() for q in queues.split(",") if q.strip()], loglevel)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@cli.command()
+@click.option("--port", default=None, type=int, help="default TORCHQUEUE_FLOWER_PORT or 5555")
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int | None, address: str) -> None:
+    """Serve Flower for the same broker."""
+    from shared.celery_app import get_celery
+    from shared.config import get_settings
+
+    port = port or get_settings().flower_port
+    sys.exit(get_celery().start(["flower", f"--address={address}", f"--port={port}"]) or 0)
+
+
+@cli.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the latest schema."""
+    from shared.config import get_settings
+    from shared.db.migrate import upgrade
+
+    upgrade()
+    url = get_settings().db_url
+    click.echo(f"database at the latest schema: {url.split('@')[-1]}")
+
+
+for command in CLIENT_COMMANDS:
+    cli.add_command(command)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli(prog_name="torchqueue")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""The client side of the command line: train, predict, jobs, models. Built on
+``api.client``; an error answer prints its detail and field, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from api.client import ApiError, Client, Json
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.find_root().obj.get("api_url"))
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _call(ctx: click.Context, method: str, *args: Any, **kwargs: Any) -> Json:
+    with _client(ctx) as client:
+        try:
+            result: Json = getattr(client, method)(*args, **kwargs)
+        except ApiError as exc:
+            where = f" (field: {exc.field})" if exc.field else ""
+            raise click.ClickException(f"{exc.detail}{where}") from None
+    return result
+
+
+def _json_option(value: str | None, name: str) -> dict[str, Any]:
+    if not value:
+        return {}
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"not JSON (or @file of JSON): {exc}", param_hint=name) from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=name)
+    return data
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """One line, redrawn in place on a terminal; a new line per change elsewhere."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last = ""
+
+    def update(self, job: Json) -> None:
+        line = render(job, shutil.get_terminal_size((100, 20)).columns)
+        if line == self.last:
+            return
+        self.last = line
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def render(job: Json, columns: int = 100) -> str:
+    progress = job.get("progress") or {}
+    state = job["state"]
+    fraction = float(progress.get("fraction", 1.0 if state == "succeeded" else 0.0))
+    width = 24
+    done = round(fraction * width)
+    bar = "[" + "#" * done + "." * (width - done) + "]"
+    text = f"{bar} {state}"
+    if progress:
+        text += f" epoch {progress.get('epoch')}/{progress.get('epochs')}"
+        metrics = progress.get("metrics") or {}
+        shown = [
+            f"{k}={v:.4g}"
+            for k, v in metrics.items()
+            if k not in ("epoch", "seconds") and isinstance(v, int | float)
+        ]
+        text += "  " + " ".join(shown)
+    return text[: max(columns - 1, 20)]
+
+
+def _wait_and_report(ctx: click.Context, job: Json, timeout: float | None) -> Json:
+    bar = ProgressBar()
+    try:
+        job = _call(ctx, "wait", job["id"], timeout=timeout, on_update=bar.update)
+    finally:
+        bar.close()
+    _summary(job)
+    return job
+
+
+def _summary(job: Json) -> None:
+    if job["state"] == "succeeded" and job["kind"] == "train":
+        click.echo(
+            f"{job['model_name']} version {job['model_version']}: "
+            f"{json.dumps((job.get('result') or {}).get('metrics'))}"
+        )
+    elif job["state"] == "failed":
+        error = job.get("error") or {}
+        raise click.ClickException(
+            f"job {job['id']} failed: {error.get('type')}: {error.get('message')}"
+        )
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("model_name")
+@click.option("--family", required=True, help="mlp or text_lstm")
+@click.option(
+    "--builtin", help="a built-in data set: iris, wine, breast_cancer, digits, diabetes, sentiment"
+)
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help='a JSON file {"inputs": [...], "labels": [...]}',
+)
+@click.option("--params", help="family parameters as JSON (or @file)")
+@click.option("--training", help="training settings as JSON (or @file)")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", "learning_rate", type=float, help="learning rate")
+@click.option("--wait", "wait_", is_flag=True, help="wait, showing progress, until it ends")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    model_name: str,
+    family: str,
+    builtin: str | None,
+    data_file: str | None,
+    params: str | None,
+    training: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    learning_rate: float | None,
+    wait_: bool,
+) -> None:
+    """Submit a training job."""
+    if bool(builtin) == bool(data_file):
+        raise click.UsageError("give exactly one of --builtin or --data")
+    if data_file:
+        try:
+            dataset: Json = {"inline": json.loads(Path(data_file).read_text())}
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    else:
+        dataset = {"builtin": builtin}
+    settings = _json_option(training, "--training")
+    shortcuts = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+    settings |= {k: v for k, v in shortcuts.items() if v is not None}
+    job = _call(
+        ctx,
+        "train",
+        model_name,
+        family,
+        dataset,
+        params=_json_option(params, "--params"),
+        training=settings,
+    )
+    click.echo(f"job {job['id']} {job['state']}")
+    if wait_:
+        _wait_and_report(ctx, job, None)
+
+
+def _parse_input(text: str) -> Any:
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            pass
+    return text
+
+
+@click.command()
+@click.argument("model_name")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--version", default="latest", show_default=True)
+@click.option(
+    "--wait",
+    "wait_",
+    type=float,
+    default=60,
+    show_default=True,
+    help="seconds to wait for the answer",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the whole job as JSON")
+@click.pass_context
+def predict(
+    ctx: click.Context,
+    model_name: str,
+    inputs: tuple[str, ...],
+    version: str,
+    wait_: float,
+    as_json: bool,
+) -> None:
+    """Predict with a model. INPUTS are texts, or feature rows as JSON lists: '[1, 2.5]'."""
+    job = _call(
+        ctx,
+        "predict",
+        model_name,
+        [_parse_input(x) for x in inputs],
+        version=int(version) if version.isdigit() else version,
+        wait=wait_,
+    )
+    if job["state"] not in ("succeeded", "failed", "cancelled"):
+        job = _call(ctx, "wait", job["id"])
+    if as_json:
+        _echo_json(job)
+        return
+    _summary(job)
+    for text, out in zip(inputs, job["result"]["outputs"], strict=True):
+        click.echo(f"{text}\t{json.dumps(out, ensure_ascii=False)}")
+
+
+@click.group()
+def jobs() -> None:
+    """List, show and wait for jobs."""
+
+
+@jobs.command("list")
+@click.option("--state")
+@click.option("--kind", type=click.Choice(["train", "predict"]))
+@click.option("--model", "model_name")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--offset", default=0)
+@click.pass_context
+def jobs_list(
+    ctx: click.Context,
+    state: str | None,
+    kind: str | None,
+    model_name: str | None,
+    limit: int,
+    offset: int,
+) -> None:
+    page = _call(
+        ctx, "jobs", state=state, kind=kind, model_name=model_name, limit=limit, offset=offset
+    )
+    click.echo(f"{'ID':36}  {'KIND':7}  {'STATE':10}  {'MODEL':24}  CREATED")
+    for j in page["items"]:
+        click.echo(
+            f"{j['id']:36}  {j['kind']:7}  {j['state']:10}  "
+            f"{j['model_name'][:24]:24}  {j['created_at'][:19]}"
+        )
+    click.echo(f"{len(page['items'])} of {page['total']}")
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.pass_context
+def jobs_show(ctx: click.Context, job_id: str) -> None:
+    _echo_json(_call(ctx, "job", job_id))
+
+
+@jobs.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", type=float, help="give up after this many seconds")
+@click.pass_context
+def jobs_wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
+    """Wait for a job, with a live progress bar."""
+    job = _wait_and_report(ctx, _call(ctx, "job", job_id), timeout)
+    click.echo(f"job {job['id']} {job['state']}")
+
+
+@click.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    page = _call(ctx, "models", limit=500)
+    click.echo(f"{'NAME':32}  LATEST  UPDATED")
+    for m in page["items"]:
+        click.echo(f"{m['name'][:32]:32}  {m['latest_version']!s:6}  {m['updated_at'][:19]}")
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--version", help="one version (a number or latest)")
+@click.pass_context
+def models_show(ctx: click.Context, name: str, version: str | None) -> None:
+    if version:
+        _echo_json(_call(ctx, "model_version", name, version))
+    else:
+        _echo_json(_call(ctx, "model", name))
+
+
+CLIENT_COMMANDS = [train, predict, jobs, models]

@@ -1,0 +1,1 @@
+"""What the API and the workers agree on. Never imports torch, api or workers."""

@@ -1,0 +1,66 @@
+"""One settings object for every process, read from ``TORCHQUEUE_*`` environment variables.
+
+Defaults run on one machine with nothing installed but Python: a SQLite file, a local
+artifact directory and an embedded Redis, all under ``TORCHQUEUE_HOME``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TORCHQUEUE_", extra="ignore")
+
+    home: Path = Field(default=Path(".torchqueue"), description="state directory")
+    redis_url: str | None = Field(
+        default=None, description="broker; when unset, `torchqueue up` starts an embedded Redis"
+    )
+    database_url: str | None = Field(default=None, description="default: SQLite under home")
+    artifacts_url: str | None = Field(default=None, description="default: home/artifacts")
+    api_url: str = Field(default="http://127.0.0.1:8000", description="where clients call")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    # Prediction requests with `wait` poll the job row at this interval.
+    wait_poll_seconds: float = 0.05
+    max_wait_seconds: float = 300.0
+    # Threads torch may use in one worker process (0: let torch decide).
+    torch_threads: int = 0
+    # Models kept loaded per prediction worker process.
+    model_cache_size: int = 8
+    # Progress is written at most this often during training.
+    progress_interval_seconds: float = 1.0
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home_dir / 'torchqueue.db'}"
+
+    @property
+    def artifacts_location(self) -> str:
+        return self.artifacts_url or str(self.home_dir / "artifacts")
+
+    @property
+    def broker_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        # Written by the local supervisor when it starts the embedded Redis.
+        marker = self.home_dir / "redis.url"
+        if marker.exists():
+            return marker.read_text().strip()
+        return "redis://127.0.0.1:6379/0"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

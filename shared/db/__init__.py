@@ -1,0 +1,1 @@
+"""The database: ORM models, sessions, migrations and the data layer (``store``)."""

@@ -1,0 +1,102 @@
+"""SQLAlchemy 2.0 typed models. Rows never leave ``shared.db.store``: it returns pydantic
+objects. Schema changes are Alembic migrations under ``migrations/``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from shared.jobstate import JobKind, JobState
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite stores no offset)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def _enum(cls: type[Any], name: str) -> sa.Enum:
+    return sa.Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: sa.JSON, datetime: UTCDateTime}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.Index("ix_jobs_state_created", "state", "created_at"),
+        sa.Index("ix_jobs_model_name", "model_name"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"))
+    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"))
+    model_name: Mapped[str] = mapped_column(sa.String(128))
+    # The validated request, exactly as the worker will run it.
+    spec: Mapped[dict[str, Any]]
+    queue: Mapped[str] = mapped_column(sa.String(64))
+    progress: Mapped[dict[str, Any] | None]
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    worker: Mapped[str | None] = mapped_column(sa.String(255))
+    # For a training job, the version it registered; for a prediction, the one it used.
+    model_version: Mapped[int | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+
+
+class RegisteredModel(Base):
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (sa.UniqueConstraint("model_name", "version", name="uq_model_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("models.name", ondelete="CASCADE")
+    )
+    version: Mapped[int]
+    family: Mapped[str] = mapped_column(sa.String(64))
+    params: Mapped[dict[str, Any]]
+    # What a prediction must send: {"kind": "text"} or {"kind": "features", "n_features": N}.
+    input_schema: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any]]
+    artifact_uri: Mapped[str] = mapped_column(sa.String(1024))
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    job_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("jobs.id"))
+    created_at: Mapped[datetime]

@@ -1,0 +1,66 @@
+"""The one error hierarchy. The API turns each into a response in one handler.
+
+TorchqueueError                 500  internal_error (never shown with a traceback)
+├── InvalidSpec                 422  invalid_spec: a request that cannot run; names `field`
+├── NotFound                    404  not_found: a job, model or version that does not exist
+├── Conflict                    409  conflict: a state that forbids the request
+├── Unavailable                 503  unavailable: the database or the broker cannot be reached
+└── JobError                         why a job failed; stored on the job, never raised over HTTP
+    ├── BadData                      bad_data: the data set cannot be used
+    ├── NonFiniteLoss                nan_loss: training diverged
+    └── ModelLoadError               model_load_error: a missing or tampered artifact
+"""
+
+from __future__ import annotations
+
+
+class TorchqueueError(Exception):
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"type": self.type, "detail": self.detail}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidSpec(TorchqueueError):
+    status = 422
+    type = "invalid_spec"
+
+
+class NotFound(TorchqueueError):
+    status = 404
+    type = "not_found"
+
+
+class Conflict(TorchqueueError):
+    status = 409
+    type = "conflict"
+
+
+class Unavailable(TorchqueueError):
+    status = 503
+    type = "unavailable"
+
+
+class JobError(TorchqueueError):
+    type = "job_error"
+
+
+class BadData(JobError):
+    type = "bad_data"
+
+
+class NonFiniteLoss(JobError):
+    type = "nan_loss"
+
+
+class ModelLoadError(JobError):
+    type = "model_load_error"

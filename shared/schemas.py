@@ -1,0 +1,275 @@
+"""The wire: what clients send, what the API answers, and the specs that workers run.
+
+A request is validated twice over: field by field by pydantic, then as a whole by
+``resolve_train`` (family, parameters, data set and their fit), which returns the
+``TrainSpec`` stored on the job and run by the worker unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.datasets import BUILTIN_DATASETS
+from shared.errors import InvalidSpec
+from shared.families import FAMILIES, Task
+from shared.jobstate import JobKind, JobState
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ModelName = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        description="letters, digits, '.', '_' and '-'; at most 128; no leading punctuation",
+        examples=["reviews"],
+    ),
+]
+Label = int | str | float
+FeatureRow = Annotated[list[float], Field(min_length=1, max_length=10_000)]
+Text = Annotated[str, Field(max_length=100_000)]
+Inputs = list[Text] | list[FeatureRow]
+
+MAX_ROWS = 1_000_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InlineData(_Strict):
+    inputs: Annotated[Inputs, Field(min_length=1, max_length=MAX_ROWS)]
+    labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_ROWS)]
+
+
+class DatasetSpec(_Strict):
+    """Exactly one of ``builtin`` (a name) or ``inline`` (inputs and labels)."""
+
+    builtin: str | None = Field(None, examples=["iris"])
+    inline: InlineData | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.builtin is None) == (self.inline is None):
+            raise ValueError("give exactly one of 'builtin' or 'inline'")
+        return self
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.0, ge=0, lt=1, description="for sgd")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    validation_fraction: float = Field(0.2, ge=0, le=0.9)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=10_000, description="stop after this many epochs without a better val loss"
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+class TrainRequest(_Strict):
+    model_name: ModelName
+    family: str = Field(examples=["mlp"])
+    params: dict[str, Any] = Field(default_factory=dict)
+    dataset: DatasetSpec
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+class TrainSpec(_Strict):
+    """A training request after validation: parameters complete, task decided."""
+
+    model_name: str
+    family: str
+    params: dict[str, Any]
+    task: Task
+    dataset: DatasetSpec
+    training: TrainingConfig
+
+
+class PredictRequest(_Strict):
+    model_name: ModelName
+    version: Annotated[int, Field(ge=1)] | Literal["latest"] = "latest"
+    inputs: Annotated[Inputs, Field(min_length=1, max_length=100_000)]
+    wait: float | None = Field(
+        None, ge=0, le=3600, description="seconds to wait for the result before answering 202"
+    )
+
+
+class PredictSpec(_Strict):
+    model_name: str
+    version: int
+    inputs: Inputs
+
+
+# --- answers -------------------------------------------------------------------------
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: JobKind
+    state: JobState
+    model_name: str
+    model_version: int | None
+    queue: str
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: dict[str, Any]
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class ModelVersionOut(BaseModel):
+    model_name: str
+    version: int
+    family: str
+    params: dict[str, Any]
+    input_schema: dict[str, Any]
+    metrics: dict[str, Any]
+    artifact_uri: str
+    sha256: str
+    job_id: str
+    created_at: datetime
+
+
+class ModelOut(BaseModel):
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    latest_version: int | None
+    versions: list[ModelVersionOut] | None = None
+
+
+class ModelPage(BaseModel):
+    items: list[ModelOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorOut(BaseModel):
+    type: str
+    detail: str
+    field: str | None = None
+
+
+# --- whole-request validation ---------------------------------------------------------
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _decide_task(spec: TrainRequest, params: dict[str, Any]) -> Task:
+    if spec.dataset.builtin is not None:
+        return BUILTIN_DATASETS[spec.dataset.builtin].task
+    if params.get("task", "auto") != "auto":
+        task: Task = params["task"]
+        return task
+    labels = spec.dataset.inline.labels if spec.dataset.inline else []
+    fractional = any(isinstance(y, float) and not float(y).is_integer() for y in labels)
+    return "regression" if fractional else "classification"
+
+
+def _check_rows(inputs: Inputs, field: str, width: int | None = None) -> None:
+    """Every row a list of finite numbers, all of one width (the first row's if not given)."""
+    for i, row in enumerate(inputs):
+        if isinstance(row, str):
+            raise InvalidSpec("expected a row of numbers, not a text", field=f"{field}[{i}]")
+        width = len(row) if width is None else width
+        if len(row) != width:
+            raise InvalidSpec(f"row has {len(row)} values; expected {width}", field=f"{field}[{i}]")
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in row):
+            raise InvalidSpec("values must be finite numbers", field=f"{field}[{i}]")
+
+
+def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
+    field = "dataset.inline"
+    if len(data.inputs) != len(data.labels):
+        raise InvalidSpec(
+            f"{len(data.inputs)} inputs but {len(data.labels)} labels; give one label per input",
+            field=f"{field}.labels",
+        )
+    if input_kind == "text" and not isinstance(data.inputs[0], str):
+        raise InvalidSpec("this family takes texts (strings)", field=f"{field}.inputs")
+    if input_kind == "features":
+        _check_rows(data.inputs, f"{field}.inputs")
+    if task == "regression":
+        for i, y in enumerate(data.labels):
+            if isinstance(y, str) or not math.isfinite(y):
+                raise InvalidSpec(
+                    "regression targets must be finite numbers", field=f"{field}.labels[{i}]"
+                )
+    elif len({str(y) for y in data.labels}) < 2:
+        raise InvalidSpec("classification needs at least two classes", field=f"{field}.labels")
+
+
+def resolve_train(req: TrainRequest) -> TrainSpec:
+    """Check the request as a whole; raise ``InvalidSpec`` naming the field that is wrong."""
+    family = FAMILIES.get(req.family)
+    if family is None:
+        known = ", ".join(sorted(FAMILIES))
+        raise InvalidSpec(f"unknown family '{req.family}'; known: {known}", field="family")
+    try:
+        params = family.params.model_validate(req.params).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InvalidSpec(err["msg"], field=_field_of(("params", *err["loc"]))) from None
+    if req.dataset.builtin is not None:
+        builtin = BUILTIN_DATASETS.get(req.dataset.builtin)
+        if builtin is None:
+            known = ", ".join(sorted(BUILTIN_DATASETS))
+            raise InvalidSpec(
+                f"unknown built-in data set '{req.dataset.builtin}'; built-in: {known}",
+                field="dataset.builtin",
+            )
+        if builtin.input_kind != family.input_kind:
+            raise InvalidSpec(
+                f"data set '{builtin.name}' holds {builtin.input_kind} but family "
+                f"'{family.name}' takes {family.input_kind}",
+                field="dataset.builtin",
+            )
+    task = _decide_task(req, params)
+    if family.name == "text_lstm" and task == "regression":
+        raise InvalidSpec("text_lstm classifies; give class labels", field="dataset.inline.labels")
+    if req.dataset.inline is not None:
+        _check_inline(req.dataset.inline, family.input_kind, task)
+    if "task" in params:
+        params["task"] = task
+    return TrainSpec(
+        model_name=req.model_name,
+        family=family.name,
+        params=params,
+        task=task,
+        dataset=req.dataset,
+        training=req.training,
+    )
+
+
+def check_inputs(inputs: Inputs, input_schema: dict[str, Any]) -> None:
+    """Check prediction inputs against what a model version takes."""
+    if input_schema.get("kind") == "text":
+        for i, x in enumerate(inputs):
+            if not isinstance(x, str):
+                raise InvalidSpec("this model takes texts (strings)", field=f"inputs[{i}]")
+        return
+    _check_rows(inputs, "inputs", int(input_schema["n_features"]))

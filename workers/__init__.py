@@ -1,0 +1,1 @@
+"""The consumer side: Celery tasks, device pinning, training and inference with PyTorch."""

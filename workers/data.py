@@ -1,0 +1,52 @@
+"""Data sets as raw inputs and labels: built-in ones from disk (nothing is downloaded),
+inline ones from the job's spec."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from shared.errors import BadData
+from shared.schemas import DatasetSpec
+
+SENTIMENT = Path(__file__).parent / "datasets" / "sentiment.tsv"
+
+
+@dataclass(frozen=True)
+class RawData:
+    inputs: list[Any]
+    labels: list[Any]
+
+
+@lru_cache(maxsize=8)
+def _builtin(name: str) -> RawData:
+    if name == "sentiment":
+        with SENTIMENT.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return RawData([r["text"] for r in rows], [int(r["label"]) for r in rows])
+    from sklearn import datasets as sk  # the bundled sets: no download
+
+    loaders = {
+        "iris": sk.load_iris,
+        "wine": sk.load_wine,
+        "breast_cancer": sk.load_breast_cancer,
+        "digits": sk.load_digits,
+        "diabetes": sk.load_diabetes,
+    }
+    if name not in loaders:
+        raise BadData(f"unknown built-in data set {name!r}")
+    bunch = loaders[name]()
+    return RawData(bunch.data.tolist(), bunch.target.tolist())
+
+
+def load(spec: DatasetSpec) -> RawData:
+    if spec.builtin is not None:
+        return _builtin(spec.builtin)
+    if spec.inline is None:
+        raise BadData("the data set has neither 'builtin' nor 'inline'")
+    if len(spec.inline.inputs) != len(spec.inline.labels):
+        raise BadData("inputs and labels differ in length")
+    return RawData(list(spec.inline.inputs), list(spec.inline.labels))

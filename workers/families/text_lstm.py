@@ -1,0 +1,41 @@
+"""``text_lstm``: tokenizer → Embedding → LSTM → Linear; a sigmoid for two classes, a
+softmax for more."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from workers.preprocess import PAD, Tokenizer
+
+
+class TextLSTM(nn.Module):
+    def __init__(self, vocab_size: int, embedding_dim: int, hidden_size: int, n_outputs: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, n_outputs)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.lstm(self.embedding(ids))
+        return self.head(hidden[-1])
+
+
+class TextLSTMFamily:
+    name = "text_lstm"
+    binary_as_one_logit = True
+
+    def fit_preprocessor(self, params: dict[str, Any], inputs: Sequence[Any]) -> Tokenizer:
+        return Tokenizer(params["num_words"], params["max_len"]).fit(inputs)
+
+    def load_preprocessor(self, data: dict[str, Any]) -> Tokenizer:
+        return Tokenizer.from_json(data)
+
+    def input_schema(self, pre: Tokenizer) -> dict[str, Any]:
+        return {"kind": "text"}
+
+    def build(self, params: dict[str, Any], pre: Tokenizer, n_outputs: int) -> nn.Module:
+        return TextLSTM(pre.vocab_size, params["embedding_dim"], params["hidden_size"], n_outputs)

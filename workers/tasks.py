@@ -1,0 +1,23 @@
+"""The Celery tasks: thin. Decode the id, hand it to a plain function in ``workers.jobs``.
+
+Registered with ``shared_task`` so that importing this module builds no app and reads no
+settings; the worker process has made its app before it imports this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from shared.constants import TASK_PREDICT, TASK_TRAIN
+from workers import jobs
+
+
+@shared_task(name=TASK_TRAIN, bind=True)
+def train(self: Any, job_id: str) -> None:
+    jobs.run_train_job(job_id, worker=str(self.request.hostname))
+
+
+@shared_task(name=TASK_PREDICT, bind=True)
+def predict(self: Any, job_id: str) -> None:
+    jobs.run_predict_job(job_id, worker=str(self.request.hostname))

@@ -1,0 +1,275 @@
+"""The training loop: one plain function that tests call without Celery.
+
+Data sets here fit in memory, so they become tensors on the device once, and batches are
+slices of a shuffled index: no per-sample DataLoader, which costs most of the time on
+small models (``ops/bench/train_loop.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.errors import BadData, NonFiniteLoss
+from shared.schemas import TrainSpec
+from workers import data
+from workers.families import BUILDERS, Preprocessor
+from workers.preprocess import LabelEncoder, TargetScaler
+
+EVAL_BATCH = 4096
+
+
+@dataclass
+class Trained:
+    """A trained model and everything needed to save it and answer with it."""
+
+    spec: TrainSpec
+    module: nn.Module
+    preprocessor: Preprocessor
+    target: dict[str, Any]
+    input_schema: dict[str, Any]
+    n_outputs: int
+    metrics: dict[str, float | int | None]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+class Head:
+    """Loss and scoring for one task: ``bce`` (two classes, one logit), ``ce`` or ``mse``."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        losses: dict[str, nn.Module] = {
+            "bce": nn.BCEWithLogitsLoss(),
+            "ce": nn.CrossEntropyLoss(),
+            "mse": nn.MSELoss(),
+        }
+        self.loss_fn = losses[kind]
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.kind in ("bce", "mse"):
+            return self.loss_fn(out.squeeze(-1).float(), y)
+        return self.loss_fn(out.float(), y)
+
+    def predicted(self, out: torch.Tensor) -> torch.Tensor:
+        if self.kind == "bce":
+            return (out.squeeze(-1) > 0).long()
+        if self.kind == "ce":
+            return out.argmax(dim=-1)
+        return out.squeeze(-1).float()
+
+
+def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = min(int(n * fraction), n - 1) if n >= 2 else 0
+    return perm[n_val:], perm[:n_val]
+
+
+def _targets(
+    spec: TrainSpec, labels: list[Any], train_idx: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any], str, int]:
+    """Encode the labels; return them, the target's saved state, the head and its width."""
+    if spec.task == "regression":
+        try:
+            y = torch.tensor(labels, dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise BadData("regression targets must be numbers") from None
+        scaler = TargetScaler().fit(y[train_idx])
+        return scaler.encode(y), scaler.to_json(), "mse", 1
+    enc = LabelEncoder().fit(labels)
+    if len(enc.classes) < 2:
+        raise BadData("classification needs at least two classes")
+    y = enc.encode(labels)
+    if len(enc.classes) == 2 and BUILDERS[spec.family].binary_as_one_logit:
+        return y.float(), enc.to_json(), "bce", 1
+    return y, enc.to_json(), "ce", len(enc.classes)
+
+
+@dataclass
+class _Data:
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def _evaluate(
+    module: nn.Module, head: Head, d: _Data, target: dict[str, Any], amp: bool
+) -> dict[str, float]:
+    module.eval()
+    total, score = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(d.x), EVAL_BATCH):
+            xb, yb = d.x[start : start + EVAL_BATCH], d.y[start : start + EVAL_BATCH]
+            with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
+                out = module(xb)
+            total += float(head.loss(out, yb)) * len(xb)
+            pred = head.predicted(out)
+            if head.kind == "mse":
+                std = target["std"]
+                score += float(((pred - yb) ** 2).sum()) * std * std
+            else:
+                score += float((pred == yb.long()).sum())
+    n = max(len(d.x), 1)
+    name = "mse" if head.kind == "mse" else "accuracy"
+    return {"loss": total / n, name: score / n}
+
+
+def _optimizer(spec: TrainSpec, module: nn.Module) -> torch.optim.Optimizer:
+    t = spec.training
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            module.parameters(),
+            lr=t.learning_rate,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+        )
+    return torch.optim.Adam(module.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+
+
+def _train_epoch(
+    module: nn.Module,
+    head: Head,
+    opt: torch.optim.Optimizer,
+    d: _Data,
+    batch_size: int,
+    gen: torch.Generator,
+    amp: bool,
+) -> torch.Tensor:
+    """One pass over the training rows; returns the summed loss, still on the device."""
+    module.train()
+    perm = torch.randperm(len(d.x), generator=gen).to(d.x.device)
+    total = torch.zeros((), device=d.x.device)
+    for start in range(0, len(perm), batch_size):
+        idx = perm[start : start + batch_size]
+        xb, yb = d.x[idx], d.y[idx]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = module(xb)
+        loss = head.loss(out, yb)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * len(idx)
+    return total
+
+
+def train(
+    spec: TrainSpec,
+    *,
+    device: torch.device | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Trained:
+    """Train ``spec`` to the end (or early stop); raise ``BadData`` or ``NonFiniteLoss``."""
+    device = device or torch.device("cpu")
+    amp = device.type == "cuda"
+    t = spec.training
+    raw = data.load(spec.dataset)
+    if len(raw.inputs) < 1:
+        raise BadData("the data set is empty")
+    train_idx, val_idx = _split(len(raw.inputs), t.validation_fraction, t.seed)
+    y, target, head_kind, n_outputs = _targets(spec, raw.labels, train_idx)
+    builder = BUILDERS[spec.family]
+    pre = builder.fit_preprocessor(spec.params, [raw.inputs[i] for i in train_idx.tolist()])
+    x = pre.encode(raw.inputs)
+    tr = _Data(x[train_idx].to(device), y[train_idx].to(device))
+    va = _Data(x[val_idx].to(device), y[val_idx].to(device))
+
+    torch.manual_seed(t.seed)
+    module = builder.build(spec.params, pre, n_outputs).to(device)
+    head, opt = Head(head_kind), _optimizer(spec, module)
+    gen = torch.Generator().manual_seed(t.seed + 1)
+    baseline = _baseline_mse(tr, va, target) if head_kind == "mse" else None
+
+    history: list[dict[str, Any]] = []
+    stopper = EarlyStopping(t.early_stopping_patience if len(va.x) else None)
+    for epoch in range(1, t.epochs + 1):
+        started = time.perf_counter()
+        total = float(_train_epoch(module, head, opt, tr, t.batch_size, gen, amp))
+        if not math.isfinite(total):
+            raise NonFiniteLoss(
+                f"the training loss became {total} in epoch {epoch}; "
+                "try a lower learning rate or standardized inputs"
+            )
+        record = {"epoch": epoch, "train_loss": total / len(tr.x)}
+        record |= _scores(module, head, tr, va, target, amp, baseline)
+        record["seconds"] = round(time.perf_counter() - started, 4)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if stopper.should_stop(record, module):
+            break
+
+    best_epoch = stopper.restore(module) or len(history)
+    final = dict(history[best_epoch - 1])
+    final.pop("seconds", None)
+    return Trained(
+        spec=spec,
+        module=module.eval(),
+        preprocessor=pre,
+        target=target,
+        input_schema=builder.input_schema(pre),
+        n_outputs=n_outputs,
+        metrics=final,
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=stopper.stopped,
+    )
+
+
+def _scores(
+    module: nn.Module,
+    head: Head,
+    tr: _Data,
+    va: _Data,
+    target: dict[str, Any],
+    amp: bool,
+    baseline: float | None,
+) -> dict[str, float]:
+    """The epoch's scores: training accuracy (or MSE), and validation loss and score."""
+    score = "mse" if head.kind == "mse" else "accuracy"
+    out = {f"train_{score}": _evaluate(module, head, tr, target, amp)[score]}
+    if len(va.x):
+        val = _evaluate(module, head, va, target, amp)
+        out |= {"val_loss": val["loss"], f"val_{score}": val[score]}
+        if baseline is not None:
+            out["val_baseline_mse"] = baseline
+    return out
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs without a lower validation loss; keep the best weights."""
+
+    def __init__(self, patience: int | None):
+        self.patience = patience
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.stopped = False
+
+    def should_stop(self, record: dict[str, Any], module: nn.Module) -> bool:
+        if not self.patience:
+            return False
+        if self.best is None or record["val_loss"] < self.best[0]:
+            self.best = (record["val_loss"], record["epoch"], copy.deepcopy(module.state_dict()))
+        elif record["epoch"] - self.best[1] >= self.patience:
+            self.stopped = True
+        return self.stopped
+
+    def restore(self, module: nn.Module) -> int | None:
+        """Put the best weights back; return their epoch (None when not tracking)."""
+        if self.best is None:
+            return None
+        module.load_state_dict(self.best[2])
+        return self.best[1]
+
+
+def _baseline_mse(tr: _Data, va: _Data, target: dict[str, Any]) -> float | None:
+    """Validation MSE of always answering the training mean: what a model must beat."""
+    if not len(va.x):
+        return None
+    std = target["std"]
+    return float(((va.y - tr.y.mean()) ** 2).mean()) * std * std
