@@ -34,8 +34,8 @@ def cli(ctx: click.Context, api_url: str | None) -> None:
     show_default=True,
     help="state directory",
 )
-@click.option("--port", default=8000, show_default=True, help="API port")
-@click.option("--flower-port", default=5555, show_default=True)
+@click.option("--port", default=8000, show_default=True, envvar="TORCHQUEUE_API_PORT")
+@click.option("--flower-port", default=5555, show_default=True, envvar="TORCHQUEUE_FLOWER_PORT")
 def up(home: Path, port: int, flower_port: int) -> None:
     """Start everything on this machine, in the foreground; Ctrl-C stops it."""
     from ops.supervisor import Supervisor

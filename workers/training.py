@@ -36,7 +36,7 @@ class Trained:
     target: dict[str, Any]
     input_schema: dict[str, Any]
     n_outputs: int
-    metrics: dict[str, float | int | None]
+    metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False

@@ -16,6 +16,8 @@ from shared.config import get_settings
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Transactions are begun by ``_sqlite_begin``, not by the driver.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -28,6 +30,12 @@ def get_engine(url: str | None = None) -> sa.Engine:
     return _engine(url or get_settings().db_url)
 
 
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # Take the write lock at the start: a transaction that reads and then writes would
+    # otherwise fail at once with "database is locked" when another process wrote between.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 @lru_cache(maxsize=8)
 def _engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
@@ -36,6 +44,7 @@ def _engine(url: str) -> sa.Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
 

@@ -1,0 +1,93 @@
+"""Every bad request gets a 4xx naming what is wrong; never a 500, never a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import unique
+
+TRAIN = {"model_name": "m", "family": "mlp", "dataset": {"builtin": "iris"}}
+
+
+def _check(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    assert response.status_code == status, body
+    assert "Traceback" not in response.text
+    assert body["type"] and body["detail"]
+    if field is not None:
+        assert body["field"] == field, body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**TRAIN, "model_name": "../../etc"}, "model_name"),
+        ({**TRAIN, "family": 3}, "family"),
+        ({k: v for k, v in TRAIN.items() if k != "dataset"}, "dataset"),
+        ({**TRAIN, "dataset": {}}, "dataset"),
+        ({**TRAIN, "dataset": {"builtin": "iris", "url": "http://x"}}, "dataset.url"),
+        ({**TRAIN, "training": {"epochs": 0}}, "training.epochs"),
+        ({**TRAIN, "training": {"optimizer": "lbfgs"}}, "training.optimizer"),
+        ({**TRAIN, "params": {"hidden_sizes": "big"}}, "params.hidden_sizes"),
+        ({**TRAIN, "surprise": True}, "surprise"),
+        (
+            {**TRAIN, "dataset": {"inline": {"inputs": [[1, 2], [1]], "labels": [0, 1]}}},
+            "dataset.inline.inputs[1]",
+        ),
+        (
+            {**TRAIN, "dataset": {"inline": {"inputs": [[1, 2]], "labels": [0, 1]}}},
+            "dataset.inline.labels",
+        ),
+        ({**TRAIN, "family": "text_lstm"}, "dataset.builtin"),
+    ],
+)
+def test_a_malformed_training_spec_names_the_field(
+    api_client: Any, body: dict[str, Any], field: str
+) -> None:
+    _check(api_client.post("/v1/jobs/train", json=body), 422, field)
+
+
+def test_an_unknown_family_lists_the_known_ones(api_client: Any) -> None:
+    body = _check(api_client.post("/v1/jobs/train", json={**TRAIN, "family": "gpt"}), 422, "family")
+    assert "mlp" in body["detail"] and "text_lstm" in body["detail"]
+
+
+def test_an_unknown_dataset_lists_the_builtin_ones(api_client: Any) -> None:
+    response = api_client.post("/v1/jobs/train", json={**TRAIN, "dataset": {"builtin": "mnist"}})
+    body = _check(response, 422, "dataset.builtin")
+    assert "iris" in body["detail"] and "sentiment" in body["detail"]
+
+
+def test_a_body_that_is_not_json_is_422(api_client: Any) -> None:
+    response = api_client.post(
+        "/v1/jobs/train", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    _check(response, 422)
+
+
+def test_unknown_jobs_models_and_versions_are_404(api_client: Any) -> None:
+    _check(api_client.get("/v1/jobs/0000"), 404)
+    _check(api_client.get(f"/v1/models/{unique('none')}"), 404)
+    _check(api_client.get(f"/v1/models/{unique('none')}/versions/1"), 404)
+    _check(api_client.get("/v1/no/such/route"), 404)
+    body = {"model_name": unique("none"), "inputs": ["hello"]}
+    _check(api_client.post("/v1/jobs/predict", json=body), 404, "model_name")
+
+
+def test_bad_query_parameters_are_422(api_client: Any) -> None:
+    _check(api_client.get("/v1/jobs", params={"state": "sleeping"}), 422, "state")
+    _check(api_client.get("/v1/jobs", params={"limit": 0}), 422, "limit")
+    _check(api_client.get("/v1/models/x/versions/first"), 422, "version")
+
+
+def test_bad_prediction_requests_are_422(api_client: Any) -> None:
+    _check(
+        api_client.post("/v1/jobs/predict", json={"model_name": "m", "inputs": []}), 422, "inputs"
+    )
+    body = {"model_name": "m", "inputs": ["a"], "version": 0}
+    _check(api_client.post("/v1/jobs/predict", json=body), 422, "version")
+    body = {"model_name": "m", "inputs": ["a"], "wait": -1}
+    _check(api_client.post("/v1/jobs/predict", json=body), 422, "wait")

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from ops.embedded_redis import free_port
+from tests.conftest import reset_caches
+
+
+def test_healthz_and_readyz(api_client: Any) -> None:
+    assert api_client.get("/healthz").json() == {"status": "ok"}
+    ready = api_client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["database"] == "ok" and ready.json()["redis"] == "ok"
+
+
+@pytest.fixture
+def broken(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def breaks(name: str, value: str) -> None:
+        monkeypatch.setenv(name, value)
+        reset_caches()
+
+    yield breaks
+    monkeypatch.undo()
+    reset_caches()
+    assert os.environ.get("TORCHQUEUE_REDIS_URL")
+
+
+def test_readyz_says_when_redis_is_down(api_client: Any, broken: Any) -> None:
+    broken("TORCHQUEUE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    response = api_client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["redis"].startswith("unreachable")
+    assert response.json()["database"] == "ok"
+    assert "redis" in response.json()["detail"]
+
+
+def test_readyz_says_when_the_database_is_down(api_client: Any, broken: Any) -> None:
+    broken("TORCHQUEUE_DATABASE_URL", f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
+    response = api_client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["database"].startswith("unreachable")
+    assert response.json()["redis"] == "ok"
+
+
+def test_a_job_submitted_while_redis_is_down_fails_clearly(api_client: Any, broken: Any) -> None:
+    broken("TORCHQUEUE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    body = {"model_name": "down", "family": "mlp", "dataset": {"builtin": "iris"}}
+    response = api_client.post("/v1/jobs/train", json=body)
+    assert response.status_code == 503
+    assert response.json()["type"] == "unavailable"
+    jobs = api_client.get("/v1/jobs", params={"model_name": "down"}).json()["items"]
+    assert jobs and jobs[0]["state"] == "failed"
+    assert jobs[0]["error"]["type"] == "unavailable"

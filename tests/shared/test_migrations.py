@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from shared.db.migrate import downgrade, upgrade
+from shared.db.models import Base
+from shared.db.session import get_engine
+from tests.conftest import _drop_postgres, _fresh_postgres
+
+TABLES = {"alembic_version", "jobs", "models", "model_versions"}
+
+
+def _check_upgrade_from_empty(url: str) -> None:
+    upgrade(url)
+    engine = get_engine(url)
+    assert set(sa.inspect(engine).get_table_names()) == TABLES
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], "the models and the migrations disagree"
+    downgrade(url)
+    assert set(sa.inspect(engine).get_table_names()) == {"alembic_version"}
+    upgrade(url)
+    engine.dispose()
+
+
+def test_upgrade_from_empty_on_sqlite(tmp_path: Path) -> None:
+    _check_upgrade_from_empty(f"sqlite:///{tmp_path / 'fresh.db'}")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TORCHQUEUE_TEST_DATABASE_URL"),
+    reason="set TORCHQUEUE_TEST_DATABASE_URL to a PostgreSQL URL",
+)
+def test_upgrade_from_empty_on_postgresql() -> None:
+    admin = os.environ["TORCHQUEUE_TEST_DATABASE_URL"]
+    url, name = _fresh_postgres(admin)
+    try:
+        _check_upgrade_from_empty(url)
+    finally:
+        _drop_postgres(admin, name)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.errors import InvalidSpec
+from shared.schemas import TrainRequest, resolve_train
+
+
+def _resolve(**overrides: Any) -> Any:
+    body = {"model_name": "m", "family": "mlp", "dataset": {"builtin": "iris"}} | overrides
+    return resolve_train(TrainRequest.model_validate(body))
+
+
+def _field_error(**overrides: Any) -> InvalidSpec:
+    with pytest.raises(InvalidSpec) as info:
+        _resolve(**overrides)
+    return info.value
+
+
+def test_defaults_are_filled_in() -> None:
+    spec = _resolve()
+    assert spec.task == "classification"
+    assert spec.params["hidden_sizes"] == [64, 64]
+    assert spec.training.epochs == 10
+
+
+def test_unknown_family_lists_the_known_ones() -> None:
+    err = _field_error(family="resnet")
+    assert err.field == "family"
+    assert "mlp" in err.detail and "text_lstm" in err.detail
+
+
+def test_unknown_dataset_lists_the_builtin_ones() -> None:
+    err = _field_error(dataset={"builtin": "mnist"})
+    assert err.field == "dataset.builtin"
+    for name in ("iris", "wine", "breast_cancer", "digits", "diabetes", "sentiment"):
+        assert name in err.detail
+
+
+def test_a_family_cannot_train_on_the_wrong_kind_of_data() -> None:
+    err = _field_error(family="text_lstm", dataset={"builtin": "iris"})
+    assert err.field == "dataset.builtin"
+
+
+def test_bad_params_name_the_parameter() -> None:
+    assert _field_error(params={"activation": "gelu"}).field == "params.activation"
+    assert _field_error(params={"hidden_sizes": [8, 0]}).field == "params.hidden_sizes[1]"
+    assert _field_error(params={"layers": 3}).field == "params.layers"
+
+
+def test_inline_rows_must_agree() -> None:
+    inline = {"inputs": [[1, 2], [3]], "labels": [0, 1]}
+    assert _field_error(dataset={"inline": inline}).field == "dataset.inline.inputs[1]"
+    inline = {"inputs": [[1, 2], [3, 4]], "labels": [0]}
+    assert _field_error(dataset={"inline": inline}).field == "dataset.inline.labels"
+    inline = {"inputs": [[1, 2], [3, 4]], "labels": [1, 1]}
+    assert "two classes" in _field_error(dataset={"inline": inline}).detail
+    inline = {"inputs": ["a", "b"], "labels": [0, 1]}
+    assert _field_error(dataset={"inline": inline}).field == "dataset.inline.inputs[0]"
+
+
+def test_fractional_targets_mean_regression() -> None:
+    inline = {"inputs": [[1.0], [2.0], [3.0]], "labels": [0.5, 1.5, 2.25]}
+    assert _resolve(dataset={"inline": inline}).task == "regression"
+    assert _resolve(dataset={"builtin": "diabetes"}).task == "regression"
+    spec = _resolve(
+        dataset={"inline": inline | {"labels": [1, 2, 3]}}, params={"task": "regression"}
+    )
+    assert spec.task == "regression"
+
+
+def test_requests_reject_unknown_fields_and_bad_names() -> None:
+    with pytest.raises(ValidationError):
+        TrainRequest.model_validate(
+            {"model_name": "m", "family": "mlp", "dataset": {"builtin": "iris"}, "extra": 1}
+        )
+    for name in ("../etc", "a/b", "", "-x", "x" * 129):
+        with pytest.raises(ValidationError):
+            TrainRequest.model_validate(
+                {"model_name": name, "family": "mlp", "dataset": {"builtin": "iris"}}
+            )
+    with pytest.raises(ValidationError):
+        TrainRequest.model_validate(
+            {"model_name": "m", "family": "mlp", "dataset": {"builtin": "iris", "inline": None}}
+            | {"dataset": {}}
+        )

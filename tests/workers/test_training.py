@@ -1,0 +1,91 @@
+"""Real (small) models trained on the CPU, without Celery."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from shared.errors import NonFiniteLoss
+from shared.schemas import TrainRequest, resolve_train
+from workers.training import Trained, train
+
+
+def _train(family: str, dataset: dict[str, Any], params: Any = None, **training: Any) -> Trained:
+    body = {
+        "model_name": "m",
+        "family": family,
+        "params": params or {},
+        "dataset": dataset,
+        "training": training,
+    }
+    return train(resolve_train(TrainRequest.model_validate(body)))
+
+
+def test_the_seed_example_trains_and_records_every_epoch() -> None:
+    texts = ["这是一个文本分类的例子。", "我非常喜欢这个课程。", "这是一个关于机器学习的文章。"]
+    trained = _train("text_lstm", {"inline": {"inputs": texts, "labels": [0, 1, 0]}}, epochs=5)
+    assert [r["epoch"] for r in trained.history] == [1, 2, 3, 4, 5]
+    assert all("train_loss" in r and "train_accuracy" in r for r in trained.history)
+
+
+@pytest.mark.slow
+def test_sentiment_reaches_85_percent_validation_accuracy() -> None:
+    trained = _train("text_lstm", {"builtin": "sentiment"}, epochs=20, learning_rate=0.01)
+    assert trained.metrics["val_accuracy"] >= 0.85
+    assert all("val_loss" in r and "val_accuracy" in r for r in trained.history)
+
+
+@pytest.mark.slow
+def test_iris_reaches_90_percent_validation_accuracy() -> None:
+    trained = _train("mlp", {"builtin": "iris"}, epochs=60, learning_rate=0.01)
+    assert trained.metrics["val_accuracy"] >= 0.9
+
+
+@pytest.mark.slow
+def test_diabetes_regression_beats_predicting_the_mean() -> None:
+    trained = _train(
+        "mlp",
+        {"builtin": "diabetes"},
+        {"hidden_sizes": [32]},
+        epochs=200,
+        learning_rate=0.01,
+        weight_decay=1e-3,
+        early_stopping_patience=20,
+    )
+    metrics = trained.metrics
+    assert metrics["val_mse"] is not None and metrics["val_baseline_mse"] is not None
+    assert metrics["val_mse"] < metrics["val_baseline_mse"]
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    trained = _train(
+        "mlp", {"builtin": "wine"}, epochs=300, learning_rate=0.05, early_stopping_patience=3
+    )
+    assert trained.stopped_early
+    assert len(trained.history) == trained.best_epoch + 3
+    best = min(r["val_loss"] for r in trained.history)
+    assert trained.metrics["val_loss"] == best
+
+
+def test_the_same_seed_gives_the_same_model() -> None:
+    first = _train("mlp", {"builtin": "iris"}, epochs=3, seed=7)
+    second = _train("mlp", {"builtin": "iris"}, epochs=3, seed=7)
+    assert first.history[-1]["train_loss"] == second.history[-1]["train_loss"]
+
+
+def test_a_diverging_loss_fails_with_a_reason() -> None:
+    rng = random.Random(0)
+    rows = [[rng.gauss(0, 1) for _ in range(3)] for _ in range(64)]
+    inline = {"inputs": rows, "labels": [r[0] * 3.5 + 0.25 for r in rows]}
+    with pytest.raises(NonFiniteLoss, match="lower learning rate"):
+        _train(
+            "mlp",
+            {"inline": inline},
+            {"task": "regression"},
+            epochs=20,
+            learning_rate=10.0,
+            optimizer="sgd",
+            momentum=0.9,
+        )
