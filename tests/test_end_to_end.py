@@ -77,6 +77,11 @@ def test_a_second_training_makes_version_two(api_client: Any, worker: Path) -> N
     done = wait_job(api_client, response.json()["id"])
     assert done["model_version"] == 1
     assert done["result"]["outputs"][0]["label"] == 0
+    # A wait that runs out answers 202 with the job to poll.
+    response = api_client.post("/v1/jobs/predict", json=body | {"wait": 0})
+    assert response.status_code == 202
+    assert response.json()["state"] in ("queued", "running")
+    assert wait_job(api_client, response.json()["id"])["state"] == "succeeded"
     bad = {"model_name": name, "inputs": [[1.0, 2.0]]}
     response = api_client.post("/v1/jobs/predict", json=bad)
     assert response.status_code == 422 and response.json()["field"] == "inputs[0]"
