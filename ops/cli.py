@@ -93,6 +93,22 @@ def flower(port: int | None, address: str) -> None:
     sys.exit(get_celery().start(["flower", f"--address={address}", f"--port={port}"]) or 0)
 
 
+@cli.command()
+def reaper() -> None:
+    """Take back jobs whose workers died; re-send jobs the broker lost."""
+    import logging
+    import signal
+    import threading
+
+    from ops.reaper import Reaper
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    Reaper().run(stop)
+
+
 @cli.group()
 def db() -> None:
     """The database schema."""

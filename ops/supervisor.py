@@ -67,6 +67,7 @@ class Supervisor:
             self.children.append(
                 Child(f"predict {label}", [*py, "worker", *group, "--queues", "predict"])
             )
+        self.children.append(Child("reaper", [*py, "reaper"]))
         self.children.append(Child("flower", [*py, "flower", "--port", str(self.flower_port)]))
 
     def _wait_for_api(self, timeout: float = 60.0) -> None:

@@ -57,6 +57,12 @@ class LocalArtifactStore:
             raise
         return self.uri(key)
 
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()

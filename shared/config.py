@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     model_cache_size: int = 8
     # Progress is written at most this often during training.
     progress_interval_seconds: float = 1.0
+    # A running job's lease: renewed every `heartbeat_seconds` by its worker; a job whose
+    # lease is older than `lease_seconds` is taken back by the reaper.
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 2.0
+    reaper_interval_seconds: float = 5.0
+    # A job still queued this long after it was sent, whose message the broker no longer
+    # holds, is sent again.
+    resend_after_seconds: float = 60.0
 
     @property
     def home_dir(self) -> Path:

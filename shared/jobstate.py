@@ -2,9 +2,9 @@
 function that moves a job from one state to another. Nothing else writes a job's state.
 
     queued ──claim──▶ running ──▶ succeeded | failed
-      │                  │
+      │      ◀─requeue─┘ │ (lease expired, or its worker shut down: a retry)
       │                  └──cancel──▶ cancelling ──▶ cancelled | succeeded | failed
-      └──cancel──▶ cancelled         (running ──lease expired──▶ queued: a retry)
+      └──cancel──▶ cancelled
 """
 
 from __future__ import annotations
@@ -35,12 +35,28 @@ class JobState(enum.StrEnum):
         return self in TERMINAL
 
 
+class JobEventKind(enum.StrEnum):
+    """What a job's history records."""
+
+    queued = "queued"
+    claimed = "claimed"
+    resumed = "resumed"
+    lease_expired = "lease_expired"
+    requeued = "requeued"
+    resent = "resent"
+    cancel_requested = "cancel_requested"
+    cancelled = "cancelled"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
 TERMINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 
 # to-state -> the states a job may be in for the transition to apply.
 ALLOWED_FROM: Mapping[JobState, frozenset[JobState]] = {
     JobState.queued: frozenset({JobState.running}),
-    JobState.running: frozenset({JobState.queued}),
+    # running → running: another worker takes over a job whose lease expired.
+    JobState.running: frozenset({JobState.queued, JobState.running}),
     JobState.cancelling: frozenset({JobState.running}),
     JobState.succeeded: frozenset({JobState.running, JobState.cancelling}),
     JobState.failed: frozenset({JobState.queued, JobState.running, JobState.cancelling}),
@@ -58,6 +74,7 @@ def transition(
     to: JobState,
     *,
     only_from: frozenset[JobState] | None = None,
+    where: tuple[Any, ...] = (),
     **values: Any,
 ) -> bool:
     """Move a job to ``to`` with one conditional UPDATE; return whether it moved.
@@ -65,6 +82,7 @@ def transition(
     The UPDATE applies only while the job is in a state that allows the transition
     (narrowed further by ``only_from``), so two processes racing for the same job cannot
     both win: a duplicated message, a late cancel or a second worker finds nothing to do.
+    ``where`` adds conditions (a lease that expired, a worker that still owns the job);
     ``values`` are other columns written in the same statement. The caller commits.
     """
     from shared.db.models import Job  # the ORM model imports this module's enums
@@ -80,7 +98,7 @@ def transition(
         values.setdefault("finished_at", stamp)
     stmt = (
         sa.update(Job)
-        .where(Job.id == job_id, Job.state.in_(sorted(sources)))
+        .where(Job.id == job_id, Job.state.in_(sorted(sources)), *where)
         .values(state=to, **values)
         .execution_options(synchronize_session=False)
     )

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shared.datasets import BUILTIN_DATASETS
 from shared.errors import InvalidSpec
 from shared.families import FAMILIES, Task
-from shared.jobstate import JobKind, JobState
+from shared.jobstate import JobEventKind, JobKind, JobState
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ModelName = Annotated[
@@ -68,7 +68,19 @@ class TrainingConfig(_Strict):
     early_stopping_patience: int | None = Field(
         None, ge=1, le=10_000, description="stop after this many epochs without a better val loss"
     )
+    checkpoint_every_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=86_400,
+        description="checkpoint at the first epoch end this long after the last one "
+        "(default: every epoch)",
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+MaxAttempts = Annotated[
+    int, Field(ge=1, le=20, description="runs before a job whose worker keeps dying fails")
+]
 
 
 class TrainRequest(_Strict):
@@ -77,6 +89,7 @@ class TrainRequest(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     dataset: DatasetSpec
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    max_attempts: MaxAttempts = 3
 
 
 class TrainSpec(_Strict):
@@ -97,6 +110,7 @@ class PredictRequest(_Strict):
     wait: float | None = Field(
         None, ge=0, le=3600, description="seconds to wait for the result before answering 202"
     )
+    max_attempts: MaxAttempts = 3
 
 
 class PredictSpec(_Strict):
@@ -121,11 +135,20 @@ class JobOut(BaseModel):
     attempts: int
     max_attempts: int
     worker: str | None
+    message: str | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None
     spec: dict[str, Any]
+
+
+class JobEventOut(BaseModel):
+    at: datetime
+    kind: JobEventKind
+    message: str
+    worker: str | None
 
 
 class JobPage(BaseModel):

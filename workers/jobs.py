@@ -1,27 +1,91 @@
-"""What a worker does with a job id: claim it, run it, record the outcome. Plain functions
-that tests call without Celery; the Celery tasks are one line around them."""
+"""What a worker does with a job id: claim it, hold its lease, run it, record the outcome.
+Plain functions that tests call without Celery; the Celery tasks are one line around them.
+
+A job ends in one of four ways here: it succeeds; it fails for its own reasons (bad data,
+a diverging loss, out of memory), at once and with the reason; it is cancelled (the loop
+stops within a batch, the checkpoint stays); or its worker shuts down or meets a transient
+error, and it goes back to the queue without being charged an attempt. A worker that dies
+outright stops renewing the lease, and the reaper takes the job back.
+"""
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import OperationalError as DatabaseError
 
 from shared.artifacts import open_store
 from shared.config import get_settings
 from shared.db import store
 from shared.db.session import session_scope
-from shared.errors import JobError
-from shared.jobstate import JobState
+from shared.enqueue import send_job
+from shared.errors import JobError, Unavailable
+from shared.jobstate import JobEventKind, JobState
 from shared.schemas import JobOut, PredictSpec, TrainSpec
 
 log = logging.getLogger(__name__)
 
+# Set when this process is asked to stop (SIGTERM): a running job stops within a batch
+# and goes back to the queue.
+SHUTDOWN = threading.Event()
+TRANSIENT = (DatabaseError, BrokerError, redis.ConnectionError, Unavailable)
+
+
+class Transient(Exception):
+    """The job could not even be claimed (the database is unreachable): retry later."""
+
+
+class Lease:
+    """Renews a job's lease from a thread, independent of the training loop, and hears
+    whether the job is being cancelled or was taken away."""
+
+    def __init__(self, job_id: str, worker: str, interval: float) -> None:
+        self.job_id, self.worker, self.interval = job_id, worker, interval
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                with session_scope() as s:
+                    state = store.renew_lease(s, self.job_id, self.worker)
+            except DatabaseError as exc:
+                log.warning("could not renew the lease of job %s: %s", self.job_id, exc)
+                continue
+            if state is None:
+                log.warning("job %s is no longer ours (%s): stopping it", self.job_id, self.worker)
+                self.lost.set()
+                return
+            if state is JobState.cancelling:
+                self.cancel.set()
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.lost.is_set() or SHUTDOWN.is_set()
+
 
 def _claim(job_id: str, worker: str) -> JobOut | None:
-    with session_scope() as s:
-        job = store.claim_job(s, job_id, worker)
+    try:
+        with session_scope() as s:
+            job = store.claim_job(s, job_id, worker, get_settings().lease_seconds)
+    except DatabaseError as exc:
+        raise Transient(f"the database cannot be reached: {exc}") from exc
     if job is None:
         log.info("job %s is not queued (duplicate or late message): nothing to do", job_id)
     else:
@@ -29,26 +93,46 @@ def _claim(job_id: str, worker: str) -> JobOut | None:
     return job
 
 
-def _fail(job_id: str, exc: BaseException) -> None:
+def _error_of(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, JobError):
-        error = {"type": exc.type, "message": exc.detail}
-        log.warning("job %s failed: %s", job_id, exc.detail)
-    else:
-        error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+        return {"type": exc.type, "message": exc.detail}
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return {"type": "out_of_memory", "message": f"{exc}; use a smaller batch or model"}
+    return {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _fail(job_id: str, worker: str, exc: BaseException) -> None:
+    error = _error_of(exc)
+    if error["type"] == "internal_error":
         log.exception("job %s failed unexpectedly", job_id)
+    else:
+        log.warning("job %s failed: %s", job_id, error["message"])
     with session_scope() as s:
-        store.finish_job(s, job_id, JobState.failed, error=error)
+        store.finish_job(
+            s, job_id, JobState.failed, worker=worker, error=error, message=error["message"]
+        )
+
+
+def _give_back(job: JobOut, worker: str, reason: str) -> None:
+    """Requeue a job this worker cannot finish through no fault of the job's, and send it
+    again; if even that fails, the lease expires and the reaper takes it back."""
+    try:
+        with session_scope() as s:
+            moved = store.requeue(s, job.id, reason=reason, worker=worker, charge_attempt=False)
+        if moved:
+            send_job(job)
+            log.info("job %s requeued: %s", job.id, reason)
+    except TRANSIENT as exc:
+        log.warning("could not requeue job %s (%s); its lease will expire", job.id, exc)
 
 
 def _progress_writer(job_id: str, worker: str, epochs: int) -> Callable[[dict[str, Any]], None]:
     """Write epoch records to the job, at most once per interval, and always the last."""
     interval = get_settings().progress_interval_seconds
-    history: list[dict[str, Any]] = []
     last = 0.0
 
     def write(record: dict[str, Any]) -> None:
         nonlocal last
-        history.append(record)
         if time.monotonic() - last < interval and record["epoch"] < epochs:
             return
         last = time.monotonic()
@@ -58,32 +142,91 @@ def _progress_writer(job_id: str, worker: str, epochs: int) -> Callable[[dict[st
             "fraction": record["epoch"] / epochs,
             "metrics": record,
         }
-        with session_scope() as s:
-            store.set_progress(s, job_id, worker, progress)
+        try:
+            with session_scope() as s:
+                store.set_progress(s, job_id, worker, progress, None)
+        except DatabaseError as exc:  # progress is best effort; the outcome is not
+            log.warning("could not write the progress of job %s: %s", job_id, exc)
 
     return write
+
+
+def _resumed(job_id: str, worker: str) -> Callable[[int], None]:
+    def note(epoch: int) -> None:
+        message = f"resumed from epoch {epoch}"
+        with session_scope() as s:
+            store.add_event(s, job_id, JobEventKind.resumed, message, worker)
+            store.set_message(s, job_id, message)
+
+    return note
+
+
+def _free_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def run_train_job(job_id: str, worker: str) -> None:
     job = _claim(job_id, worker)
     if job is None:
         return
-    try:
-        _train(job, worker)
-    except Exception as exc:  # every failure ends on the job, never as a silent hang
-        _fail(job_id, exc)
+    from workers.checkpoint import Checkpointer
+    from workers.training import Interrupted
+
+    spec = TrainSpec.model_validate(job.spec)
+    checkpoints = Checkpointer(
+        open_store(),
+        f"checkpoints/{job.id}/checkpoint.safetensors",
+        spec.training.checkpoint_every_seconds,
+    )
+    with Lease(job.id, worker, get_settings().heartbeat_seconds) as lease:
+        try:
+            if _train(job, spec, worker, lease, checkpoints):
+                checkpoints.delete()
+        except Interrupted as exc:
+            _interrupted(job, worker, lease, exc.epoch, checkpoints.saved_epoch)
+        except TRANSIENT as exc:
+            _give_back(job, worker, f"transient error on {worker}: {exc}; requeued")
+        except Exception as exc:  # every failure ends on the job, never as a silent hang
+            _fail(job.id, worker, exc)
+            checkpoints.delete()
+        finally:
+            _free_memory()
 
 
-def _train(job: JobOut, worker: str) -> None:
+def _interrupted(job: JobOut, worker: str, lease: Lease, epoch: int, saved: int) -> None:
+    if lease.lost.is_set():
+        return  # the job is someone else's now
+    kept = f"; the checkpoint of epoch {saved} is kept" if saved else ""
+    if lease.cancel.is_set():
+        with session_scope() as s:
+            store.finish_job(
+                s,
+                job.id,
+                JobState.cancelled,
+                worker=worker,
+                message=f"cancelled during epoch {epoch}{kept}",
+            )
+        return
+    _give_back(job, worker, f"{worker} shut down during epoch {epoch}; requeued{kept}")
+
+
+def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints: Any) -> bool:
+    """Train, save, register, succeed; False when the job was taken away meanwhile."""
     from workers import modelio, training
     from workers.devices import torch_device
 
-    spec = TrainSpec.model_validate(job.spec)
-    trained = training.train(
-        spec,
-        device=torch_device(),
+    hooks = training.Hooks(
         on_epoch=_progress_writer(job.id, worker, spec.training.epochs),
+        on_resume=_resumed(job.id, worker),
+        should_stop=lease.should_stop,
+        checkpointer=checkpoints,
+        record_extra={"attempt": job.attempts},
     )
+    trained = training.train(spec, device=torch_device(), hooks=hooks)
     saved = modelio.save(trained, open_store(), f"models/{spec.model_name}/{job.id}")
     result: dict[str, Any] = {
         "metrics": trained.metrics,
@@ -94,6 +237,8 @@ def _train(job: JobOut, worker: str) -> None:
         "artifact_uri": saved.uri,
         "sha256": saved.sha256,
     }
+    if lease.lost.is_set():
+        return False
     with session_scope() as s:
         version = store.register_model_version(
             s,
@@ -107,10 +252,20 @@ def _train(job: JobOut, worker: str) -> None:
             job_id=job.id,
         )
         result["model_version"] = version.version
-        store.finish_job(
-            s, job.id, JobState.succeeded, result=result, model_version=version.version
+        finished = store.finish_job(
+            s,
+            job.id,
+            JobState.succeeded,
+            worker=worker,
+            result=result,
+            model_version=version.version,
+            message=f"made {spec.model_name} v{version.version}",
         )
+        if not finished:  # taken away meanwhile: register nothing
+            s.rollback()
+            return False
     log.info("job %s made %s version %d", job.id, spec.model_name, version.version)
+    return True
 
 
 def run_predict_job(job_id: str, worker: str) -> None:
@@ -126,6 +281,15 @@ def run_predict_job(job_id: str, worker: str) -> None:
         outputs = inference.predict(version, list(spec.inputs))
         result = {"model_name": spec.model_name, "model_version": spec.version, "outputs": outputs}
         with session_scope() as s:
-            store.finish_job(s, job_id, JobState.succeeded, result=result)
+            store.finish_job(
+                s,
+                job_id,
+                JobState.succeeded,
+                worker=worker,
+                result=result,
+                message=f"{len(outputs)} outputs",
+            )
+    except TRANSIENT as exc:
+        _give_back(job, worker, f"transient error on {worker}: {exc}; requeued")
     except Exception as exc:
-        _fail(job_id, exc)
+        _fail(job_id, worker, exc)

@@ -8,6 +8,7 @@ workers use threads in one process, so that concurrent requests share the loaded
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -19,8 +20,21 @@ from workers.devices import DeviceGroup
 MAX_TASKS_PER_CHILD = 100
 
 
-def _warm(**_: Any) -> None:
-    """Load torch in the prefork child as it starts, so that the first job doesn't wait."""
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    from workers import jobs
+
+    jobs.SHUTDOWN.set()
+
+
+def _child_init(**_: Any) -> None:
+    """In the prefork child as it starts: turn SIGTERM into a request to stop the running
+    job within a batch and requeue it (the parent's warm shutdown then waits for that,
+    not for the whole training), and load torch so that the first job doesn't wait."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _load_torch()
+
+
+def _load_torch() -> None:
     import torch
 
     threads = get_settings().torch_threads
@@ -60,7 +74,7 @@ def run_worker(group: DeviceGroup, queues: list[str], loglevel: str = "INFO") ->
     app = get_celery()
     import workers.tasks  # noqa: F401  registers the tasks with the app
 
-    worker_process_init.connect(_warm, weak=False)
+    worker_process_init.connect(_child_init, weak=False)
     if QUEUE_TRAIN not in queues:
-        _warm()
+        _load_torch()
     app.worker_main(worker_argv(group, queues, loglevel))

@@ -13,11 +13,21 @@ from shared.constants import TASK_PREDICT, TASK_TRAIN
 from workers import jobs
 
 
-@shared_task(name=TASK_TRAIN, bind=True)
+def _backoff(retries: int) -> float:
+    return float(min(2**retries, 60))
+
+
+@shared_task(name=TASK_TRAIN, bind=True, max_retries=None)
 def train(self: Any, job_id: str) -> None:
-    jobs.run_train_job(job_id, worker=str(self.request.hostname))
+    try:
+        jobs.run_train_job(job_id, worker=str(self.request.hostname))
+    except jobs.Transient as exc:  # not the job's fault: try again, later
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
 
 
-@shared_task(name=TASK_PREDICT, bind=True)
+@shared_task(name=TASK_PREDICT, bind=True, max_retries=None)
 def predict(self: Any, job_id: str) -> None:
-    jobs.run_predict_job(job_id, worker=str(self.request.hostname))
+    try:
+        jobs.run_predict_job(job_id, worker=str(self.request.hostname))
+    except jobs.Transient as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None

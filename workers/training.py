@@ -8,6 +8,7 @@ small models (``ops/bench/train_loop.py`` measures it).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from torch import nn
 from shared.errors import BadData, NonFiniteLoss
 from shared.schemas import TrainSpec
 from workers import data
+from workers.checkpoint import Checkpointer, TrainState
 from workers.families import BUILDERS, Preprocessor
 from workers.preprocess import LabelEncoder, TargetScaler
 
@@ -133,6 +135,14 @@ def _optimizer(spec: TrainSpec, module: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(module.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
 
 
+class Interrupted(Exception):
+    """Training stopped between two batches because ``should_stop`` said so."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"stopped during epoch {epoch}")
+        self.epoch = epoch
+
+
 def _train_epoch(
     module: nn.Module,
     head: Head,
@@ -141,12 +151,16 @@ def _train_epoch(
     batch_size: int,
     gen: torch.Generator,
     amp: bool,
+    should_stop: Callable[[], bool],
 ) -> torch.Tensor:
-    """One pass over the training rows; returns the summed loss, still on the device."""
+    """One pass over the training rows; returns the summed loss, still on the device.
+    ``should_stop`` is asked before every batch: cancelling costs at most one batch."""
     module.train()
     perm = torch.randperm(len(d.x), generator=gen).to(d.x.device)
     total = torch.zeros((), device=d.x.device)
     for start in range(0, len(perm), batch_size):
+        if should_stop():
+            raise Interrupted(0)
         idx = perm[start : start + batch_size]
         xb, yb = d.x[idx], d.y[idx]
         opt.zero_grad(set_to_none=True)
@@ -159,15 +173,45 @@ def _train_epoch(
     return total
 
 
-def train(
-    spec: TrainSpec,
-    *,
-    device: torch.device | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> Trained:
-    """Train ``spec`` to the end (or early stop); raise ``BadData`` or ``NonFiniteLoss``."""
-    device = device or torch.device("cpu")
-    amp = device.type == "cuda"
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Hooks:
+    """What the loop tells its caller, and asks it."""
+
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    on_resume: Callable[[int], None] | None = None
+    should_stop: Callable[[], bool] = _never
+    checkpointer: Checkpointer | None = None
+    # Merged into every epoch's record (the attempt that trained it, say).
+    record_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """Everything one training run works with."""
+
+    spec: TrainSpec
+    pre: Preprocessor
+    target: dict[str, Any]
+    n_outputs: int
+    input_schema: dict[str, Any]
+    tr: _Data
+    va: _Data
+    module: nn.Module
+    head: Head
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    stopper: EarlyStopping
+    baseline: float | None
+    amp: bool
+
+
+def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -> _Run:
+    """Data as tensors on the device, the model, its optimizer and generators; the
+    preprocessing comes from the checkpoint when resuming."""
     t = spec.training
     raw = data.load(spec.dataset)
     if len(raw.inputs) < 1:
@@ -175,51 +219,151 @@ def train(
     train_idx, val_idx = _split(len(raw.inputs), t.validation_fraction, t.seed)
     y, target, head_kind, n_outputs = _targets(spec, raw.labels, train_idx)
     builder = BUILDERS[spec.family]
-    pre = builder.fit_preprocessor(spec.params, [raw.inputs[i] for i in train_idx.tolist()])
+    if resume is not None:
+        pre = builder.load_preprocessor(resume.meta["preprocessor"])
+    else:
+        pre = builder.fit_preprocessor(spec.params, [raw.inputs[i] for i in train_idx.tolist()])
     x = pre.encode(raw.inputs)
     tr = _Data(x[train_idx].to(device), y[train_idx].to(device))
     va = _Data(x[val_idx].to(device), y[val_idx].to(device))
-
     torch.manual_seed(t.seed)
     module = builder.build(spec.params, pre, n_outputs).to(device)
-    head, opt = Head(head_kind), _optimizer(spec, module)
-    gen = torch.Generator().manual_seed(t.seed + 1)
-    baseline = _baseline_mse(tr, va, target) if head_kind == "mse" else None
+    return _Run(
+        spec=spec,
+        pre=pre,
+        target=target,
+        n_outputs=n_outputs,
+        input_schema=builder.input_schema(pre),
+        tr=tr,
+        va=va,
+        module=module,
+        head=Head(head_kind),
+        opt=_optimizer(spec, module),
+        gen=torch.Generator().manual_seed(t.seed + 1),
+        stopper=EarlyStopping(t.early_stopping_patience if len(va.x) else None),
+        baseline=_baseline_mse(tr, va, target) if head_kind == "mse" else None,
+        amp=device.type == "cuda",
+    )
 
-    history: list[dict[str, Any]] = []
-    stopper = EarlyStopping(t.early_stopping_patience if len(va.x) else None)
-    for epoch in range(1, t.epochs + 1):
-        started = time.perf_counter()
-        total = float(_train_epoch(module, head, opt, tr, t.batch_size, gen, amp))
-        if not math.isfinite(total):
-            raise NonFiniteLoss(
-                f"the training loss became {total} in epoch {epoch}; "
-                "try a lower learning rate or standardized inputs"
+
+def _epoch(run: _Run, epoch: int, hooks: Hooks) -> dict[str, Any]:
+    started = time.perf_counter()
+    t = run.spec.training
+    try:
+        total = float(
+            _train_epoch(
+                run.module,
+                run.head,
+                run.opt,
+                run.tr,
+                t.batch_size,
+                run.gen,
+                run.amp,
+                hooks.should_stop,
             )
-        record = {"epoch": epoch, "train_loss": total / len(tr.x)}
-        record |= _scores(module, head, tr, va, target, amp, baseline)
-        record["seconds"] = round(time.perf_counter() - started, 4)
+        )
+    except Interrupted:
+        raise Interrupted(epoch) from None
+    if not math.isfinite(total):
+        raise NonFiniteLoss(
+            f"the training loss became {total} in epoch {epoch}; "
+            "try a lower learning rate or standardized inputs"
+        )
+    record = {"epoch": epoch, "train_loss": total / len(run.tr.x)}
+    record |= _scores(run.module, run.head, run.tr, run.va, run.target, run.amp, run.baseline)
+    record["seconds"] = round(time.perf_counter() - started, 4)
+    return record | hooks.record_extra
+
+
+def train(
+    spec: TrainSpec,
+    *,
+    device: torch.device | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    hooks: Hooks | None = None,
+) -> Trained:
+    """Train ``spec`` to the end (or early stop), resuming from the checkpoint when there
+    is one; raise ``BadData``, ``NonFiniteLoss`` or ``Interrupted``."""
+    hooks = hooks or Hooks()
+    on_epoch = on_epoch or hooks.on_epoch
+    resume = _usable(hooks.checkpointer, spec)
+    run = _prepare(spec, device or torch.device("cpu"), resume)
+    history: list[dict[str, Any]] = []
+    first = 1
+    if resume is not None:
+        history, first = _restore(resume, run), resume.epoch + 1
+        if hooks.on_resume is not None:
+            hooks.on_resume(resume.epoch)
+
+    for epoch in range(first, spec.training.epochs + 1):
+        if run.stopper.stopped:
+            break
+        record = _epoch(run, epoch, hooks)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if stopper.should_stop(record, module):
-            break
+        run.stopper.should_stop(record, run.module)
+        if hooks.checkpointer is not None and hooks.checkpointer.due(final=run.stopper.stopped):
+            hooks.checkpointer.save(_state(epoch, run, history))
 
-    best_epoch = stopper.restore(module) or len(history)
-    final = dict(history[best_epoch - 1])
-    final.pop("seconds", None)
+    best_epoch = run.stopper.restore(run.module) or len(history)
+    hidden = ("seconds", *hooks.record_extra)
     return Trained(
         spec=spec,
-        module=module.eval(),
-        preprocessor=pre,
-        target=target,
-        input_schema=builder.input_schema(pre),
-        n_outputs=n_outputs,
-        metrics=final,
+        module=run.module.eval(),
+        preprocessor=run.pre,
+        target=run.target,
+        input_schema=run.input_schema,
+        n_outputs=run.n_outputs,
+        metrics={k: v for k, v in history[best_epoch - 1].items() if k not in hidden},
         history=history,
         best_epoch=best_epoch,
-        stopped_early=stopper.stopped,
+        stopped_early=run.stopper.stopped,
     )
+
+
+def _identity(spec: TrainSpec) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed by ``spec``."""
+    return {"family": spec.family, "params": spec.params, "training": spec.training.model_dump()}
+
+
+def _usable(checkpointer: Checkpointer | None, spec: TrainSpec) -> TrainState | None:
+    state = checkpointer.load() if checkpointer is not None else None
+    if state is None or state.meta.get("spec") != json.loads(json.dumps(_identity(spec))):
+        return None
+    return state
+
+
+def _state(epoch: int, run: _Run, history: list[dict[str, Any]]) -> TrainState:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    best = run.stopper.best
+    return TrainState(
+        epoch=epoch,
+        model=run.module.state_dict(),
+        optimizer=run.opt.state_dict(),
+        rng=torch.get_rng_state(),
+        shuffle_rng=run.gen.get_state(),
+        cuda_rng=list(cuda),
+        history=history,
+        best=best[2] if best is not None else None,
+        meta={
+            "spec": _identity(run.spec),
+            "preprocessor": run.pre.to_json(),
+            "target": run.target,
+            "stopper": run.stopper.to_json(),
+        },
+    )
+
+
+def _restore(state: TrainState, run: _Run) -> list[dict[str, Any]]:
+    run.module.load_state_dict(state.model)
+    run.opt.load_state_dict(state.optimizer)
+    torch.set_rng_state(state.rng)
+    run.gen.set_state(state.shuffle_rng)
+    if state.cuda_rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state.cuda_rng)
+    run.stopper.load(state.meta["stopper"], state.best)
+    return list(state.history)
 
 
 def _scores(
@@ -258,6 +402,15 @@ class EarlyStopping:
         elif record["epoch"] - self.best[1] >= self.patience:
             self.stopped = True
         return self.stopped
+
+    def to_json(self) -> dict[str, Any]:
+        best = None if self.best is None else [self.best[0], self.best[1]]
+        return {"best": best, "stopped": self.stopped}
+
+    def load(self, data: dict[str, Any], weights: dict[str, torch.Tensor] | None) -> None:
+        self.stopped = bool(data["stopped"])
+        if data["best"] is not None and weights is not None:
+            self.best = (float(data["best"][0]), int(data["best"][1]), weights)
 
     def restore(self, module: nn.Module) -> int | None:
         """Put the best weights back; return their epoch (None when not tracking)."""

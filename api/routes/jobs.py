@@ -1,23 +1,28 @@
-"""Jobs: submit training and prediction, read one, list many."""
+"""Jobs: submit training and prediction, read, list, cancel, and a job's history."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from api.deps import SessionDep
-from api.enqueue import queue_for, send
 from shared.config import get_settings
 from shared.db import store
 from shared.db.session import session_scope
-from shared.errors import InvalidSpec
+from shared.enqueue import queue_for, send_job
+from shared.errors import Conflict, InvalidSpec, Unavailable
 from shared.jobstate import JobKind, JobState
 from shared.schemas import (
     ErrorOut,
+    JobEventOut,
     JobOut,
     JobPage,
     PredictRequest,
@@ -28,44 +33,106 @@ from shared.schemas import (
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS: dict[int | str, dict[str, object]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut},
+    409: {"model": ErrorOut},
     422: {"model": ErrorOut},
     503: {"model": ErrorOut},
 }
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="the same key with the same body returns the job it made (200)",
+    ),
+]
 
 
-@router.post("/train", status_code=201, responses=ERRORS)
-def submit_train(req: TrainRequest, session: SessionDep) -> JobOut:
-    """Queue a training job; its model version appears when it succeeds."""
+def _request_hash(kind: JobKind, body: dict[str, Any]) -> str:
+    canonical = json.dumps([kind.value, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _existing(session: Session, key: str, request_hash: str) -> JobOut | None:
+    found = store.find_idempotent(session, key)
+    if found is None:
+        return None
+    job, made_with = found
+    if made_with != request_hash:
+        raise Conflict(
+            f"Idempotency-Key '{key}' was used for a different request (job {job.id})",
+            field="Idempotency-Key",
+        )
+    return job
+
+
+def _submit(
+    session: Session, key: str | None, request_hash: str, **create: Any
+) -> tuple[JobOut, bool]:
+    """Record a job (or find the one this key made) and send it; return it and whether
+    it is new. The row is committed before its message is sent."""
+    if key is not None and (job := _existing(session, key, request_hash)) is not None:
+        return job, False
+    try:
+        job = store.create_job(
+            session, idempotency_key=key, request_hash=request_hash if key else None, **create
+        )
+        session.commit()
+    except IntegrityError:  # the same key, submitted at the same moment
+        session.rollback()
+        if key is None or (job := _existing(session, key, request_hash)) is None:
+            raise
+        return job, False
+    try:
+        send_job(job)
+    except Unavailable as exc:
+        # The job is recorded; the reaper sends it once the broker answers again.
+        message = f"waiting to be sent: {exc.detail}"
+        store.set_message(session, job.id, message)
+        session.commit()
+        job = job.model_copy(update={"message": message})
+    return job, True
+
+
+@router.post("/train", status_code=201, responses={**ERRORS, 200: {"model": JobOut}})
+def submit_train(
+    req: TrainRequest, session: SessionDep, response: Response, key: IdempotencyKey = None
+) -> JobOut:
+    """Queue a training job; its model version appears when it succeeds. The same
+    ``Idempotency-Key`` with the same body answers 200 with the job it made."""
     spec = resolve_train(req)
-    job = store.create_job(
+    job, created = _submit(
         session,
+        key,
+        _request_hash(JobKind.train, req.model_dump(mode="json")),
         kind=JobKind.train,
         model_name=spec.model_name,
         spec=spec.model_dump(mode="json"),
         queue=queue_for(JobKind.train),
+        max_attempts=req.max_attempts,
     )
-    session.commit()  # the row exists before its message does
-    send(job)
+    response.status_code = 201 if created else 200
     return job
 
 
-def _create_predict(req: PredictRequest) -> JobOut:
+def _create_predict(req: PredictRequest, key: str | None) -> tuple[JobOut, bool]:
     with session_scope() as s:
         version = store.get_model_version(s, req.model_name, req.version)
         check_inputs(req.inputs, version.input_schema)
         spec = PredictSpec(model_name=req.model_name, version=version.version, inputs=req.inputs)
-        job = store.create_job(
+        return _submit(
             s,
+            key,
+            _request_hash(JobKind.predict, req.model_dump(mode="json", exclude={"wait"})),
             kind=JobKind.predict,
             model_name=req.model_name,
             spec=spec.model_dump(mode="json"),
             queue=queue_for(JobKind.predict),
             model_version=version.version,
+            max_attempts=req.max_attempts,
         )
-    send(job)
-    return job
 
 
 def _read(job_id: str) -> JobOut:
@@ -82,14 +149,17 @@ def _read(job_id: str) -> JobOut:
         202: {"model": JobOut, "description": "still running after `wait`; poll it"},
     },
 )
-async def submit_predict(req: PredictRequest, response: Response) -> JobOut:
+async def submit_predict(
+    req: PredictRequest, response: Response, key: IdempotencyKey = None
+) -> JobOut:
     """Queue a prediction; with ``wait``, answer when it ends (200) or when the wait runs
     out (202, poll ``GET /v1/jobs/{id}``)."""
     settings = get_settings()
     if req.wait is not None and req.wait > settings.max_wait_seconds:
         raise InvalidSpec(f"wait is at most {settings.max_wait_seconds} seconds", field="wait")
-    job = await run_in_threadpool(_create_predict, req)
+    job, created = await run_in_threadpool(_create_predict, req, key)
     if req.wait is None:
+        response.status_code = 201 if created else 200
         return job
     deadline = time.monotonic() + req.wait
     while not job.state.is_terminal() and time.monotonic() < deadline:
@@ -102,6 +172,19 @@ async def submit_predict(req: PredictRequest, response: Response) -> JobOut:
 @router.get("/{job_id}", responses=ERRORS)
 def get_job(job_id: str, session: SessionDep) -> JobOut:
     return store.get_job(session, job_id)
+
+
+@router.post("/{job_id}/cancel", responses=ERRORS)
+def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+    """A queued job is cancelled at once; a running one becomes ``cancelling`` and its
+    worker stops it within a batch. Cancelling a finished job is 409."""
+    return store.request_cancel(session, job_id)
+
+
+@router.get("/{job_id}/events", responses=ERRORS)
+def job_events(job_id: str, session: SessionDep) -> list[JobEventOut]:
+    """The job's history: queued, claimed, resumed, lease expired, cancelled, finished."""
+    return store.list_events(session, job_id)
 
 
 @router.get("", responses=ERRORS)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from shared.jobstate import JobKind, JobState
+from shared.jobstate import JobEventKind, JobKind, JobState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -30,13 +30,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
-def _enum(cls: type[Any], name: str) -> sa.Enum:
+def _enum(cls: type[Any], name: str, length: int = 16) -> sa.Enum:
     return sa.Enum(
         cls,
         name=name,
         native_enum=False,
         create_constraint=True,
-        length=16,
+        length=length,
         values_callable=lambda e: [m.value for m in e],
     )
 
@@ -50,6 +50,7 @@ class Job(Base):
     __table_args__ = (
         sa.Index("ix_jobs_state_created", "state", "created_at"),
         sa.Index("ix_jobs_model_name", "model_name"),
+        sa.UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
@@ -67,6 +68,11 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(sa.String(255))
     # For a training job, the version it registered; for a prediction, the one it used.
     model_version: Mapped[int | None]
+    # The latest thing a person should know: "resumed from epoch 3", "waiting for …".
+    message: Mapped[str | None] = mapped_column(sa.Text)
+    # A client's Idempotency-Key, and the hash of the request it came with.
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    request_hash: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
@@ -100,3 +106,28 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(sa.String(64))
     job_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("jobs.id"))
     created_at: Mapped[datetime]
+
+
+class JobEvent(Base):
+    """A job's history: queued, claimed, resumed, lease expired, cancelled, finished."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime]
+    kind: Mapped[JobEventKind] = mapped_column(_enum(JobEventKind, "job_event_kind", 32))
+    message: Mapped[str] = mapped_column(sa.Text)
+    worker: Mapped[str | None] = mapped_column(sa.String(255))
+
+
+class Lock(Base):
+    """A named lock with an expiry, held by one process at a time (the reaper's)."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(255))
+    expires_at: Mapped[datetime]

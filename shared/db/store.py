@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,10 +12,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, NotFound
-from shared.jobstate import JobKind, JobState, now, transition
-from shared.schemas import JobOut, JobPage, ModelOut, ModelPage, ModelVersionOut
+from shared.jobstate import JobEventKind, JobKind, JobState, now, transition
+from shared.schemas import JobEventOut, JobOut, JobPage, ModelOut, ModelPage, ModelVersionOut
 
-from .models import Job, ModelVersion, RegisteredModel
+from .models import Job, JobEvent, ModelVersion, RegisteredModel
 
 
 def _job_out(row: Job) -> JobOut:
@@ -28,6 +29,20 @@ def _version_out(row: ModelVersion) -> ModelVersionOut:
 # --- jobs ------------------------------------------------------------------------------
 
 
+def add_event(
+    session: Session, job_id: str, kind: JobEventKind, message: str, worker: str | None = None
+) -> None:
+    session.add(JobEvent(job_id=job_id, at=now(), kind=kind, message=message, worker=worker))
+
+
+def list_events(session: Session, job_id: str) -> list[JobEventOut]:
+    get_job(session, job_id)  # 404 for an unknown job
+    rows = session.scalars(
+        sa.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+    )
+    return [JobEventOut.model_validate(r, from_attributes=True) for r in rows]
+
+
 def create_job(
     session: Session,
     *,
@@ -36,6 +51,9 @@ def create_job(
     spec: dict[str, Any],
     queue: str,
     model_version: int | None = None,
+    max_attempts: int = 3,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> JobOut:
     stamp = now()
     row = Job(
@@ -47,13 +65,22 @@ def create_job(
         queue=queue,
         model_version=model_version,
         attempts=0,
-        max_attempts=3,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
         created_at=stamp,
         updated_at=stamp,
     )
     session.add(row)
+    add_event(session, row.id, JobEventKind.queued, f"queued on {queue}")
     session.flush()
     return _job_out(row)
+
+
+def find_idempotent(session: Session, key: str) -> tuple[JobOut, str | None] | None:
+    """The job made for an Idempotency-Key, with the hash of the request that made it."""
+    row = session.scalars(sa.select(Job).where(Job.idempotency_key == key)).first()
+    return None if row is None else (_job_out(row), row.request_hash)
 
 
 def get_job(session: Session, job_id: str) -> JobOut:
@@ -90,21 +117,38 @@ def list_jobs(
     return JobPage(items=[_job_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-def claim_job(session: Session, job_id: str, worker: str) -> JobOut | None:
-    """Take a queued job for ``worker``; None when it is not there to take."""
+def claim_job(session: Session, job_id: str, worker: str, lease_seconds: float) -> JobOut | None:
+    """Take a job for ``worker``: a queued one, or a running one whose lease expired (its
+    worker died) and that has attempts left. None when it is not there to take."""
+    stamp = now()
+    takeable = sa.or_(
+        Job.state == JobState.queued,
+        sa.and_(
+            Job.heartbeat_at < stamp - timedelta(seconds=lease_seconds),
+            Job.attempts < Job.max_attempts,
+        ),
+    )
     moved = transition(
         session,
         job_id,
         JobState.running,
+        where=(takeable,),
         worker=worker,
         attempts=Job.attempts + 1,
-        heartbeat_at=now(),
+        heartbeat_at=stamp,
+        started_at=stamp,
+        message=None,
     )
-    return get_job(session, job_id) if moved else None
+    if not moved:
+        return None
+    job = get_job(session, job_id)
+    add_event(session, job_id, JobEventKind.claimed, f"attempt {job.attempts}", worker)
+    return job
 
 
-def set_progress(session: Session, job_id: str, worker: str, progress: dict[str, Any]) -> bool:
-    """Record progress of a running job; False when the job is no longer this worker's."""
+def renew_lease(session: Session, job_id: str, worker: str) -> JobState | None:
+    """Renew ``worker``'s lease on a job; return the job's state (``cancelling`` asks the
+    worker to stop), or None when the job is no longer this worker's."""
     result = session.execute(
         sa.update(Job)
         .where(
@@ -112,9 +156,37 @@ def set_progress(session: Session, job_id: str, worker: str, progress: dict[str,
             Job.worker == worker,
             Job.state.in_([JobState.running, JobState.cancelling]),
         )
-        .values(progress=progress, heartbeat_at=now(), updated_at=now())
+        .values(heartbeat_at=now())
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return None
+    return session.scalar(sa.select(Job.state).where(Job.id == job_id))
+
+
+def set_progress(
+    session: Session, job_id: str, worker: str, progress: dict[str, Any], message: str | None
+) -> bool:
+    """Record progress of a running job; False when the job is no longer this worker's."""
+    values: dict[str, Any] = {"progress": progress, "heartbeat_at": now(), "updated_at": now()}
+    if message is not None:
+        values["message"] = message
+    result = session.execute(
+        sa.update(Job)
+        .where(
+            Job.id == job_id,
+            Job.worker == worker,
+            Job.state.in_([JobState.running, JobState.cancelling]),
+        )
+        .values(**values)
     )
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+_FINISH_EVENTS = {
+    JobState.succeeded: JobEventKind.succeeded,
+    JobState.failed: JobEventKind.failed,
+    JobState.cancelled: JobEventKind.cancelled,
+}
 
 
 def finish_job(
@@ -122,14 +194,72 @@ def finish_job(
     job_id: str,
     state: JobState,
     *,
+    message: str,
+    worker: str | None = None,
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     model_version: int | None = None,
+    where: tuple[Any, ...] = (),
 ) -> bool:
-    values: dict[str, Any] = {"result": result, "error": error}
+    """End a job. With ``worker``, only while that worker still owns it."""
+    values: dict[str, Any] = {"result": result, "error": error, "message": message}
     if model_version is not None:
         values["model_version"] = model_version
-    return transition(session, job_id, state, **values)
+    if worker is not None:
+        where = (*where, Job.worker == worker)
+    moved = transition(session, job_id, state, where=where, **values)
+    if moved:
+        add_event(session, job_id, _FINISH_EVENTS[state], message, worker)
+    return moved
+
+
+def set_message(session: Session, job_id: str, message: str) -> None:
+    session.execute(sa.update(Job).where(Job.id == job_id).values(message=message))
+
+
+def request_cancel(session: Session, job_id: str) -> JobOut:
+    """Cancel a queued job at once; ask the worker of a running one to stop (its job
+    becomes ``cancelling``, then ``cancelled``). A finished job is a conflict."""
+    before = "cancelled before it started"
+    if transition(
+        session, job_id, JobState.cancelled, only_from=frozenset({JobState.queued}), message=before
+    ):
+        add_event(session, job_id, JobEventKind.cancelled, before)
+    elif transition(session, job_id, JobState.cancelling, message="cancel requested"):
+        add_event(session, job_id, JobEventKind.cancel_requested, "cancel requested")
+    job = get_job(session, job_id)
+    if job.state.is_terminal() and job.message != before:
+        raise Conflict(
+            f"job {job_id} has already {job.state.value}; there is nothing to cancel",
+            field="job_id",
+        )
+    return job
+
+
+def requeue(
+    session: Session,
+    job_id: str,
+    *,
+    reason: str,
+    worker: str | None,
+    charge_attempt: bool,
+    expired_before: datetime | None = None,
+) -> bool:
+    """Put a running job back in the queue. A worker that shut down cleanly does not
+    charge the job an attempt; a lease that expired does."""
+    where: list[Any] = []
+    if worker is not None:
+        where.append(Job.worker == worker)
+    if expired_before is not None:
+        where.append(Job.heartbeat_at < expired_before)
+    values: dict[str, Any] = {"message": reason}
+    if not charge_attempt:
+        values["attempts"] = Job.attempts - 1
+    moved = transition(session, job_id, JobState.queued, where=tuple(where), **values)
+    if moved:
+        kind = JobEventKind.lease_expired if expired_before is not None else JobEventKind.requeued
+        add_event(session, job_id, kind, reason, worker)
+    return moved
 
 
 # --- models ----------------------------------------------------------------------------

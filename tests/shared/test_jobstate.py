@@ -23,7 +23,7 @@ def test_a_queued_job_is_claimed_once_however_many_workers_race() -> None:
 
     def claim(i: int) -> bool:
         with session_scope() as s:
-            return store.claim_job(s, job_id, f"w{i}@host") is not None
+            return store.claim_job(s, job_id, f"w{i}@host", 30) is not None
 
     with ThreadPoolExecutor(8) as pool:
         wins = list(pool.map(claim, range(8)))
@@ -38,8 +38,8 @@ def test_a_queued_job_is_claimed_once_however_many_workers_race() -> None:
 def test_a_finished_job_never_moves_again() -> None:
     job_id = _new_job()
     with session_scope() as s:
-        assert store.claim_job(s, job_id, "w@host") is not None
-        assert store.finish_job(s, job_id, JobState.succeeded, result={"ok": True})
+        assert store.claim_job(s, job_id, "w@host", 30) is not None
+        assert store.finish_job(s, job_id, JobState.succeeded, result={"ok": True}, message="ok")
     for to in JobState:
         with session_scope() as s:
             assert not transition(s, job_id, to)
@@ -53,7 +53,7 @@ def test_a_finished_job_never_moves_again() -> None:
 def test_a_queued_job_cannot_succeed_without_being_claimed() -> None:
     job_id = _new_job()
     with session_scope() as s:
-        assert not store.finish_job(s, job_id, JobState.succeeded)
+        assert not store.finish_job(s, job_id, JobState.succeeded, message="no")
         assert store.get_job(s, job_id).state is JobState.queued
 
 

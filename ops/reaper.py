@@ -1,0 +1,129 @@
+"""The reaper: takes back jobs whose workers died, and re-sends jobs the broker lost.
+
+Several may run (one per machine, say); a lock in the database lets one act at a time.
+Every action is a conditional UPDATE, so even two reapers acting at once would be safe.
+
+- A running job whose lease expired goes back to ``queued`` (it resumes from its
+  checkpoint) and is sent again; after ``max_attempts`` it fails with the reason; a
+  ``cancelling`` one becomes ``cancelled``.
+- A job queued for longer than ``resend_after_seconds`` whose message the broker no
+  longer holds (never sent, or lost in a Redis restart) is sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections import Counter
+from typing import Any
+
+import redis
+
+from shared.config import get_settings
+from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
+from shared.db import lifecycle
+from shared.db.session import session_scope
+from shared.enqueue import send_job
+from shared.errors import Unavailable
+from shared.schemas import JobOut
+
+log = logging.getLogger("torchqueue.reaper")
+LOCK = "reaper"
+
+
+def _task_id(raw: bytes | str) -> str | None:
+    try:
+        message: Any = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(message, list):  # an unacknowledged delivery: [message, exchange, key]
+        message = message[0] if message else {}
+    if not isinstance(message, dict):
+        return None
+    task_id = message.get("headers", {}).get("id")
+    return str(task_id) if task_id else None
+
+
+def broker_job_ids(client: redis.Redis) -> set[str]:
+    """The job ids of every message the broker holds: waiting in a queue (any priority)
+    or delivered and not yet acknowledged."""
+    ids: set[str] = set()
+    for queue in (QUEUE_TRAIN, QUEUE_PREDICT):
+        for key in client.scan_iter(match=f"{queue}*", _type="list"):
+            ids.update(filter(None, map(_task_id, client.lrange(key, 0, -1))))
+    ids.update(filter(None, map(_task_id, client.hvals("unacked"))))
+    return ids
+
+
+class Reaper:
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"reaper@{socket.gethostname()}:{os.getpid()}"
+        self.settings = get_settings()
+
+    def _send(self, job: JobOut) -> bool:
+        try:
+            send_job(job)
+        except Unavailable as exc:
+            log.warning("job %s stays queued: %s", job.id, exc.detail)
+            return False
+        return True
+
+    def run_once(self) -> Counter[str]:
+        """One pass; returns what it did (empty when another reaper holds the lock)."""
+        s = self.settings
+        done: Counter[str] = Counter()
+        with session_scope() as db:
+            if not lifecycle.acquire_lock(db, LOCK, self.name, 3 * s.reaper_interval_seconds):
+                return done
+            expired = lifecycle.expired_leases(db, s.lease_seconds)
+        for job in expired:
+            with session_scope() as db:
+                action = lifecycle.reap(db, job, s.lease_seconds)
+            done[action] += 1
+            if action == "requeued":
+                self._send(job)
+            if action != "skipped":
+                log.info("job %s: lease of %s expired: %s", job.id, job.worker, action)
+        done["resent"] += self._resend_lost()
+        return done
+
+    def _resend_lost(self) -> int:
+        with session_scope() as db:
+            stale = lifecycle.stale_queued(db, self.settings.resend_after_seconds)
+        if not stale:
+            return 0
+        try:
+            client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=5)
+            held = broker_job_ids(client)
+            client.close()
+        except redis.RedisError as exc:
+            log.warning("cannot read the broker (%s); %d queued jobs wait", exc, len(stale))
+            return 0
+        resent = 0
+        for job in stale:
+            message = None
+            if job.id not in held:
+                if not self._send(job):
+                    continue
+                message = "sent again: the broker held no message for it"
+                resent += 1
+            with session_scope() as db:
+                lifecycle.mark_sent(db, job.id, message)
+        return resent
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("%s: leases of %.0f s, every %.1f s", self.name, self.settings.lease_seconds,
+                 self.settings.reaper_interval_seconds)
+        while not stop.is_set():
+            try:
+                done = self.run_once()
+                if any(done.values()):
+                    log.info("%s", dict(done))
+            except Exception:  # a database blip must not end the reaper
+                log.exception("reaper pass failed; trying again")
+            stop.wait(self.settings.reaper_interval_seconds)
+        with session_scope() as db:
+            lifecycle.release_lock(db, LOCK, self.name)

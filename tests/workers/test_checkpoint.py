@@ -1,0 +1,87 @@
+"""Checkpoints: a run stopped after epoch k and resumed ends where an uninterrupted run
+ends, without training epochs 1..k again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.artifacts import LocalArtifactStore
+from shared.schemas import TrainRequest, TrainSpec, resolve_train
+from workers.checkpoint import Checkpointer
+from workers.training import Hooks, Interrupted, train
+
+
+def _spec(family: str, dataset: str, params: dict[str, Any], **training: Any) -> TrainSpec:
+    body = {
+        "model_name": "m",
+        "family": family,
+        "params": params,
+        "dataset": {"builtin": dataset},
+        "training": training,
+    }
+    return resolve_train(TrainRequest.model_validate(body))
+
+
+CASES = [
+    _spec(
+        "mlp",
+        "wine",
+        {"dropout": 0.3},
+        epochs=8,
+        optimizer="sgd",
+        momentum=0.9,
+        learning_rate=0.05,
+        seed=3,
+    ),
+    _spec("text_lstm", "sentiment", {}, epochs=5, learning_rate=0.01, seed=1),
+    _spec("mlp", "iris", {}, epochs=40, learning_rate=0.05, early_stopping_patience=3),
+]
+
+
+@pytest.mark.parametrize("spec", CASES, ids=["mlp-dropout-sgd", "text_lstm", "early-stopping"])
+def test_a_resumed_run_ends_like_an_uninterrupted_one(spec: TrainSpec, tmp_path: Path) -> None:
+    whole = train(spec)
+    stop_after = min(3, len(whole.history) - 1)
+
+    trained_epochs: list[int] = []
+    stop = {"now": False}
+
+    def note(record: dict[str, Any]) -> None:
+        trained_epochs.append(record["epoch"])
+        stop["now"] = record["epoch"] >= stop_after
+
+    checkpoints = Checkpointer(LocalArtifactStore(tmp_path), "checkpoints/job/checkpoint")
+    hooks = Hooks(on_epoch=note, should_stop=lambda: stop["now"], checkpointer=checkpoints)
+    with pytest.raises(Interrupted) as stopped:
+        train(spec, hooks=hooks)
+    assert stopped.value.epoch == stop_after + 1
+    assert checkpoints.saved_epoch == stop_after
+
+    resumed_from: list[int] = []
+    stop["now"] = False
+    hooks = Hooks(
+        on_epoch=lambda r: trained_epochs.append(r["epoch"]),
+        on_resume=resumed_from.append,
+        checkpointer=checkpoints,
+    )
+    resumed = train(spec, hooks=hooks)
+
+    assert resumed_from == [stop_after]
+    assert trained_epochs == [r["epoch"] for r in whole.history]  # none trained twice
+    assert resumed.best_epoch == whole.best_epoch
+    assert resumed.stopped_early == whole.stopped_early
+    for key, value in whole.metrics.items():
+        assert resumed.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path: Path) -> None:
+    checkpoints = Checkpointer(LocalArtifactStore(tmp_path), "checkpoints/job/checkpoint")
+    train(_spec("mlp", "iris", {}, epochs=2), hooks=Hooks(checkpointer=checkpoints))
+    resumed: list[int] = []
+    other = _spec("mlp", "iris", {"hidden_sizes": [8]}, epochs=3)
+    trained = train(other, hooks=Hooks(checkpointer=checkpoints, on_resume=resumed.append))
+    assert resumed == []
+    assert len(trained.history) == 3
