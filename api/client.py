@@ -44,7 +44,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Json:
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -60,8 +60,11 @@ class Client:
                 str(body.get("detail", body)),
                 body.get("field"),
             )
-        result: Json = body
-        return result
+        return body
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Json:
+        body: Json = self._request(method, path, **kwargs)
+        return body
 
     # --- jobs --------------------------------------------------------------------------
 
@@ -73,6 +76,7 @@ class Client:
         *,
         params: Json | None = None,
         training: Json | None = None,
+        idempotency_key: str | None = None,
     ) -> Json:
         body = {
             "model_name": model_name,
@@ -81,7 +85,8 @@ class Client:
             "params": params or {},
             "training": training or {},
         }
-        return self._call("POST", "/v1/jobs/train", json=body)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs/train", json=body, headers=headers)
 
     def predict(
         self,
@@ -99,6 +104,13 @@ class Client:
 
     def job(self, job_id: str) -> Json:
         return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> Json:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def events(self, job_id: str) -> list[Json]:
+        events: list[Json] = self._request("GET", f"/v1/jobs/{job_id}/events")
+        return events
 
     def jobs(self, **filters: Any) -> Json:
         params = {k: v for k, v in filters.items() if v is not None}

@@ -22,10 +22,10 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _call(ctx: click.Context, method: str, *args: Any, **kwargs: Any) -> Json:
+def _call(ctx: click.Context, method: str, *args: Any, **kwargs: Any) -> Any:
     with _client(ctx) as client:
         try:
-            result: Json = getattr(client, method)(*args, **kwargs)
+            result = getattr(client, method)(*args, **kwargs)
         except ApiError as exc:
             where = f" (field: {exc.field})" if exc.field else ""
             raise click.ClickException(f"{exc.detail}{where}") from None
@@ -263,9 +263,45 @@ def jobs_list(
 
 @jobs.command("show")
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="the job as JSON, without its history")
 @click.pass_context
-def jobs_show(ctx: click.Context, job_id: str) -> None:
-    _echo_json(_call(ctx, "job", job_id))
+def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """A job, and its history."""
+    job = _call(ctx, "job", job_id)
+    if as_json:
+        _echo_json(job)
+        return
+    for key in (
+        "id",
+        "kind",
+        "state",
+        "model_name",
+        "model_version",
+        "attempts",
+        "worker",
+        "message",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ):
+        click.echo(f"{key + ':':15}{job.get(key)}")
+    if job.get("error"):
+        click.echo(f"{'error:':15}{job['error'].get('type')}: {job['error'].get('message')}")
+    if (job.get("result") or {}).get("metrics"):
+        click.echo(f"{'metrics:':15}{json.dumps(job['result']['metrics'])}")
+    click.echo("history:")
+    for event in _call(ctx, "events", job_id):
+        worker = f" [{event['worker']}]" if event.get("worker") else ""
+        click.echo(f"  {event['at'][:19]}  {event['kind']:16} {event['message']}{worker}")
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.pass_context
+def jobs_cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a job: at once when queued; within a batch when running."""
+    job = _call(ctx, "cancel", job_id)
+    click.echo(f"job {job['id']} {job['state']}")
 
 
 @jobs.command("wait")

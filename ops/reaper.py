@@ -115,8 +115,12 @@ class Reaper:
         return resent
 
     def run(self, stop: threading.Event) -> None:
-        log.info("%s: leases of %.0f s, every %.1f s", self.name, self.settings.lease_seconds,
-                 self.settings.reaper_interval_seconds)
+        log.info(
+            "%s: leases of %.0f s, every %.1f s",
+            self.name,
+            self.settings.lease_seconds,
+            self.settings.reaper_interval_seconds,
+        )
         while not stop.is_set():
             try:
                 done = self.run_once()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -32,9 +34,28 @@ from shared.schemas import JobOut, PredictSpec, TrainSpec
 
 log = logging.getLogger(__name__)
 
-# Set when this process is asked to stop (SIGTERM): a running job stops within a batch
-# and goes back to the queue.
+# Set when this process is asked to stop (SIGTERM) while it trains: the job stops within
+# a batch and goes back to the queue, and the worker's warm shutdown then waits for that
+# rather than for the whole training.
 SHUTDOWN = threading.Event()
+_TRAINING = threading.Event()
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    if _TRAINING.is_set():
+        SHUTDOWN.set()
+        return
+    signal.signal(signum, signal.SIG_DFL)  # idle: stop as the default would
+    os.kill(os.getpid(), signum)
+
+
+def guard_sigterm() -> None:
+    """Install the SIGTERM handler. Called from the training task, in the prefork child's
+    main thread: the pool installs its own handlers after the child's initializer runs."""
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 TRANSIENT = (DatabaseError, BrokerError, redis.ConnectionError, Unavailable)
 
 
@@ -182,6 +203,7 @@ def run_train_job(job_id: str, worker: str) -> None:
         f"checkpoints/{job.id}/checkpoint.safetensors",
         spec.training.checkpoint_every_seconds,
     )
+    _TRAINING.set()
     with Lease(job.id, worker, get_settings().heartbeat_seconds) as lease:
         try:
             if _train(job, spec, worker, lease, checkpoints):
@@ -194,6 +216,8 @@ def run_train_job(job_id: str, worker: str) -> None:
             _fail(job.id, worker, exc)
             checkpoints.delete()
         finally:
+            _TRAINING.clear()
+            SHUTDOWN.clear()  # honoured: this job went back to the queue
             _free_memory()
 
 

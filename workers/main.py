@@ -8,7 +8,6 @@ workers use threads in one process, so that concurrent requests share the loaded
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -20,17 +19,8 @@ from workers.devices import DeviceGroup
 MAX_TASKS_PER_CHILD = 100
 
 
-def _on_sigterm(_signum: int, _frame: object) -> None:
-    from workers import jobs
-
-    jobs.SHUTDOWN.set()
-
-
 def _child_init(**_: Any) -> None:
-    """In the prefork child as it starts: turn SIGTERM into a request to stop the running
-    job within a batch and requeue it (the parent's warm shutdown then waits for that,
-    not for the whole training), and load torch so that the first job doesn't wait."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    """In the prefork child as it starts: load torch, so that the first job doesn't wait."""
     _load_torch()
 
 

@@ -5,6 +5,7 @@ settings; the worker process has made its app before it imports this."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import shared_task
@@ -13,14 +14,20 @@ from shared.constants import TASK_PREDICT, TASK_TRAIN
 from workers import jobs
 
 
+def _owner(task: Any) -> str:
+    """The lease owner: the Celery node and the process, unique across restarts."""
+    return f"{task.request.hostname}:{os.getpid()}"
+
+
 def _backoff(retries: int) -> float:
     return float(min(2**retries, 60))
 
 
 @shared_task(name=TASK_TRAIN, bind=True, max_retries=None)
 def train(self: Any, job_id: str) -> None:
+    jobs.guard_sigterm()
     try:
-        jobs.run_train_job(job_id, worker=str(self.request.hostname))
+        jobs.run_train_job(job_id, worker=_owner(self))
     except jobs.Transient as exc:  # not the job's fault: try again, later
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
 
@@ -28,6 +35,6 @@ def train(self: Any, job_id: str) -> None:
 @shared_task(name=TASK_PREDICT, bind=True, max_retries=None)
 def predict(self: Any, job_id: str) -> None:
     try:
-        jobs.run_predict_job(job_id, worker=str(self.request.hostname))
+        jobs.run_predict_job(job_id, worker=_owner(self))
     except jobs.Transient as exc:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None

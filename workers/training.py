@@ -300,11 +300,12 @@ def train(
             break
         record = _epoch(run, epoch, hooks)
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
         run.stopper.should_stop(record, run.module)
         if hooks.checkpointer is not None and hooks.checkpointer.due(final=run.stopper.stopped):
             hooks.checkpointer.save(_state(epoch, run, history))
+        # After the checkpoint: progress that shows epoch k means a crash resumes from k.
+        if on_epoch is not None:
+            on_epoch(record)
 
     best_epoch = run.stopper.restore(run.module) or len(history)
     hidden = ("seconds", *hooks.record_extra)

@@ -64,8 +64,14 @@ def test_train_wait_predict_and_inspect(api_url: str, worker: Path, tmp_path: Pa
     assert json.loads(answer)["label"] in (0, 1)
 
     job_id = trained.stdout.split()[1]
-    shown = json.loads(tq(api_url, "jobs", "show", job_id).stdout)
+    shown = json.loads(tq(api_url, "jobs", "show", job_id, "--json").stdout)
     assert shown["state"] == "succeeded" and shown["model_version"] == 1
+    history = tq(api_url, "jobs", "show", job_id).stdout
+    assert "state:         succeeded" in history
+    for kind in ("queued", "claimed", "succeeded"):
+        assert f" {kind} " in history
+    finished = tq(api_url, "jobs", "cancel", job_id)
+    assert finished.returncode == 1 and "nothing to cancel" in finished.stderr
     waited = tq(api_url, "jobs", "wait", job_id)
     assert f"job {job_id} succeeded" in waited.stdout
     assert job_id in tq(api_url, "jobs", "list", "--model", name).stdout
@@ -80,6 +86,7 @@ def test_errors_are_one_clear_line(api_url: str) -> None:
         (["train", "x", "--family", "mlp", "--builtin", "mnist"], "field: dataset.builtin"),
         (["predict", unique("none"), "hello"], "no model"),
         (["jobs", "show", "nope"], "no job 'nope'"),
+        (["jobs", "cancel", "nope"], "no job 'nope'"),
         (["train", "x", "--family", "mlp"], "exactly one of --builtin or --data"),
     ]:
         result = tq(api_url, *args)
