@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api import errors
+from api.limits import BodyLimit
 from api.routes import health, jobs, models
+from shared.config import get_settings
+
+log = logging.getLogger("torchqueue.api")
+
+
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    if get_settings().auth == "off":
+        log.warning(
+            "TORCHQUEUE_AUTH=off: the API accepts every request without a key; "
+            "for local experiments only"
+        )
+    yield
 
 
 def create_app() -> FastAPI:
     app = FastAPI(
         title="torchqueue",
         version="0.1.0",
-        description="Run PyTorch training and prediction jobs on a fleet of GPU workers.",
+        description="Run PyTorch training and prediction jobs on a fleet of GPU workers. "
+        "Every /v1 route takes an API key: `Authorization: Bearer KEY`.",
+        lifespan=_lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)

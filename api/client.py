@@ -6,8 +6,10 @@
         job = tq.wait(job["id"])
         print(tq.predict("iris-mlp", [[5.1, 3.5, 1.4, 0.2]], wait=30)["result"])
 
-Every method returns the API's JSON as plain dicts; an error answer raises ``ApiError``
-with the HTTP status, the error's ``type``, its ``detail`` and the ``field`` at fault.
+The API key comes from ``api_key``, else ``TORCHQUEUE_API_KEY``, else the local admin key
+that ``torchqueue up`` wrote under ``TORCHQUEUE_HOME``. Every method returns the API's JSON
+as plain dicts; an error answer raises ``ApiError`` with the HTTP status, the error's
+``type``, its ``detail`` and the ``field`` at fault.
 """
 
 from __future__ import annotations
@@ -31,9 +33,14 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str | None = None, *, timeout: float = 30.0) -> None:
-        self.base_url = (base_url or get_settings().api_url).rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+    def __init__(
+        self, base_url: str | None = None, *, api_key: str | None = None, timeout: float = 30.0
+    ) -> None:
+        settings = get_settings()
+        self.base_url = (base_url or settings.api_url).rstrip("/")
+        key = api_key or settings.client_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> Client:
         return self

@@ -63,7 +63,8 @@ async def _ours(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TorchqueueError)
     if exc.status >= 500:
         log.error("%s: %s", exc.type, exc.detail)
-    return JSONResponse(exc.to_dict(), status_code=exc.status)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:

@@ -15,11 +15,13 @@ from ops.client_commands import CLIENT_COMMANDS
 
 @click.group()
 @click.option("--api-url", envvar="TORCHQUEUE_API_URL", help="default http://127.0.0.1:8000")
+@click.option("--api-key", envvar="TORCHQUEUE_API_KEY", help="default: the local admin key")
 @click.pass_context
-def cli(ctx: click.Context, api_url: str | None) -> None:
+def cli(ctx: click.Context, api_url: str | None, api_key: str | None) -> None:
     """torchqueue: PyTorch training and prediction jobs on GPU workers."""
     ctx.ensure_object(dict)
     ctx.obj["api_url"] = api_url
+    ctx.obj["api_key"] = api_key
 
 
 # --- running the system ----------------------------------------------------------------
@@ -89,8 +91,19 @@ def flower(port: int | None, address: str) -> None:
     from shared.celery_app import get_celery
     from shared.config import get_settings
 
-    port = port or get_settings().flower_port
-    sys.exit(get_celery().start(["flower", f"--address={address}", f"--port={port}"]) or 0)
+    settings = get_settings()
+    if not settings.flower_user or settings.flower_password is None:
+        raise click.ClickException(
+            "Flower shows task arguments and controls the workers: set "
+            "TORCHQUEUE_FLOWER_USER and TORCHQUEUE_FLOWER_PASSWORD (16 characters or more)"
+        )
+    # Through the environment, not the command line, where `ps` would show it.
+    os.environ["FLOWER_BASIC_AUTH"] = (
+        f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+    )
+    port = port or settings.flower_port
+    argv = ["flower", f"--address={address}", f"--port={port}"]
+    sys.exit(get_celery().start(argv) or 0)
 
 
 @cli.command()
@@ -107,6 +120,61 @@ def reaper() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     Reaper().run(stop)
+
+
+@cli.group()
+def keys() -> None:
+    """API keys (straight in the database: run where TORCHQUEUE_DATABASE_URL reaches)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True)
+@click.option(
+    "--scopes",
+    required=True,
+    help="comma-separated: jobs:submit,jobs:read,models:read,models:write,admin",
+)
+def keys_create(name: str, scopes: str) -> None:
+    """Create a key; it is printed once and never stored."""
+    from shared.db import keys as store
+    from shared.db.session import session_scope
+
+    try:
+        with session_scope() as s:
+            made, key = store.create_key(s, name, [x.strip() for x in scopes.split(",")])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scopes") from None
+    click.echo(f"key {made.id} ({made.name}): {', '.join(made.scopes)}", err=True)
+    click.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    from shared.db import keys as store
+    from shared.db.session import session_scope
+
+    with session_scope() as s:
+        rows = store.list_keys(s)
+    click.echo(f"{'ID':12}  {'NAME':24}  {'STATE':8}  SCOPES")
+    for k in rows:
+        state = "revoked" if k.revoked_at else "active"
+        click.echo(f"{k.id:12}  {k.name[:24]:24}  {state:8}  {','.join(k.scopes)}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: it stops working at once."""
+    from shared.db import keys as store
+    from shared.db.session import session_scope
+    from shared.errors import NotFound
+
+    try:
+        with session_scope() as s:
+            store.revoke_key(s, key_id)
+    except NotFound as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(f"key {key_id} revoked")
 
 
 @cli.group()

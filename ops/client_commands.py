@@ -15,7 +15,8 @@ from api.client import ApiError, Client, Json
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.find_root().obj.get("api_url"))
+    obj = ctx.find_root().obj
+    return Client(obj.get("api_url"), api_key=obj.get("api_key"))
 
 
 def _echo_json(data: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     redis_proc: subprocess.Popen[bytes] | None = None
     stopping: bool = False
+    flower_login: str = ""
+    _py: tuple[str, ...] = (sys.executable, "-m", "ops.cli")
 
     def _say(self, text: str) -> None:
         print(f"torchqueue | {text}", flush=True)
@@ -54,6 +57,35 @@ class Supervisor:
 
     def _migrate(self) -> None:
         subprocess.run([sys.executable, "-m", "ops.cli", "db", "upgrade"], env=self.env, check=True)
+
+    def _secrets(self) -> None:
+        """An admin key (unless TORCHQUEUE_BOOTSTRAP_KEY is set or auth is off) and
+        Flower's credentials, made on first start and kept under home with mode 600."""
+        auth_off = self.env.get("TORCHQUEUE_AUTH", "").lower() == "off"
+        if not self.env.get("TORCHQUEUE_BOOTSTRAP_KEY") and not auth_off:
+            key_file = self.home / "admin.key"
+            if not key_file.exists():
+                made = subprocess.run(
+                    [*self._py, "keys", "create", "--name", "local admin", "--scopes", "admin"],
+                    env=self.env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                _write_private(key_file, made.stdout.strip())
+                self._say(f"api key   {made.stdout.strip()} (admin; kept in {key_file})")
+            else:
+                self._say(f"api key   in {key_file} (the command line reads it there)")
+        if not self.env.get("TORCHQUEUE_FLOWER_PASSWORD"):
+            cred_file = self.home / "flower.credentials"
+            if not cred_file.exists():
+                _write_private(cred_file, f"admin:{secrets.token_urlsafe(18)}")
+            user, _, password = cred_file.read_text().strip().partition(":")
+            self.env["TORCHQUEUE_FLOWER_USER"] = user
+            self.env["TORCHQUEUE_FLOWER_PASSWORD"] = password
+            self.flower_login = f"{user} / {password} (kept in {cred_file})"
+        else:
+            self.flower_login = f"{self.env.get('TORCHQUEUE_FLOWER_USER')} / (from the environment)"
 
     def _plan(self) -> None:
         from workers.devices import discover_gpus
@@ -89,7 +121,7 @@ class Supervisor:
     def _banner(self) -> None:
         api = f"http://127.0.0.1:{self.port}"
         self._say(f"api       {api}  (OpenAPI docs: {api}/docs)")
-        self._say(f"flower    http://127.0.0.1:{self.flower_port}")
+        self._say(f"flower    http://127.0.0.1:{self.flower_port}  login {self.flower_login}")
         self._say(
             f"database  {self.env.get('TORCHQUEUE_DATABASE_URL') or self.home / 'torchqueue.db'}"
         )
@@ -112,6 +144,7 @@ class Supervisor:
         try:
             self._start_redis()
             self._migrate()
+            self._secrets()
             self._plan()
             for child in self.children:
                 child.proc = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
@@ -141,6 +174,13 @@ class Supervisor:
             _stop([self.redis_proc])
         (self.home / "redis.url").unlink(missing_ok=True)
         self._say("stopped")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` readable by its owner only, from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +27,16 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
+    # Authentication: "off" is for local experiments only (the API warns at every start).
+    auth: Literal["on", "off"] = "on"
+    # An admin key accepted from the environment, for compose files and scripts.
+    bootstrap_key: SecretStr | None = None
+    # What clients (the CLI, api.client) send; default: the local admin key file, if any.
+    api_key: SecretStr | None = None
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    max_request_mb: float = 16.0
+    max_model_params: int = 20_000_000
     # Prediction requests with `wait` poll the job row at this interval.
     wait_poll_seconds: float = 0.05
     max_wait_seconds: float = 300.0
@@ -44,6 +55,14 @@ class Settings(BaseSettings):
     # holds, is sent again.
     resend_after_seconds: float = 60.0
 
+    @field_validator("bootstrap_key", "flower_password")
+    @classmethod
+    def _no_weak_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        secret = value.get_secret_value() if value is not None else ""
+        if value is not None and (len(secret) < 16 or "change-me" in secret):
+            raise ValueError("use a random secret of at least 16 characters, not a placeholder")
+        return value
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
@@ -57,6 +76,19 @@ class Settings(BaseSettings):
     @property
     def artifacts_location(self) -> str:
         return self.artifacts_url or str(self.home_dir / "artifacts")
+
+    @property
+    def admin_key_file(self) -> Path:
+        """Where `torchqueue up` keeps the local admin key it created (mode 600)."""
+        return self.home_dir / "admin.key"
+
+    @property
+    def client_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.admin_key_file.is_file():
+            return self.admin_key_file.read_text().strip() or None
+        return None
 
     @property
     def broker_url(self) -> str:

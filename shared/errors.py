@@ -2,8 +2,11 @@
 
 TorchqueueError                 500  internal_error (never shown with a traceback)
 ├── InvalidSpec                 422  invalid_spec: a request that cannot run; names `field`
+├── Unauthorized                401  unauthorized: no API key, or not a valid one
+├── Forbidden                   403  forbidden: the key lacks the scope the route needs
 ├── NotFound                    404  not_found: a job, model or version that does not exist
 ├── Conflict                    409  conflict: a state that forbids the request
+├── TooLarge                    413  too_large: a request body over the limit
 ├── Unavailable                 503  unavailable: the database or the broker cannot be reached
 └── JobError                         why a job failed; stored on the job, never raised over HTTP
     ├── BadData                      bad_data: the data set cannot be used
@@ -33,6 +36,21 @@ class TorchqueueError(Exception):
 class InvalidSpec(TorchqueueError):
     status = 422
     type = "invalid_spec"
+
+
+class Unauthorized(TorchqueueError):
+    status = 401
+    type = "unauthorized"
+
+
+class Forbidden(TorchqueueError):
+    status = 403
+    type = "forbidden"
+
+
+class TooLarge(TorchqueueError):
+    status = 413
+    type = "too_large"
 
 
 class NotFound(TorchqueueError):

@@ -4,8 +4,9 @@ builders that make the ``nn.Module`` live in ``workers/families``, under the sam
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,3 +61,15 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
+
+
+def parameter_count(family: str, params: dict[str, Any], n_features: int, n_outputs: int) -> int:
+    """How many weights the model will have, computed without building it (the API checks
+    it against TORCHQUEUE_MAX_MODEL_PARAMS)."""
+    if family == "text_lstm":
+        vocab, emb = int(params["num_words"]), int(params["embedding_dim"])
+        hidden = int(params["hidden_size"])
+        lstm = 4 * (emb * hidden + hidden * hidden + 2 * hidden)
+        return vocab * emb + lstm + hidden * n_outputs + n_outputs
+    widths = [n_features, *(int(w) for w in params["hidden_sizes"]), n_outputs]
+    return sum(a * b + b for a, b in itertools.pairwise(widths))

@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.config import get_settings
 from shared.datasets import BUILTIN_DATASETS
 from shared.errors import InvalidSpec
-from shared.families import FAMILIES, Task
+from shared.families import FAMILIES, Task, parameter_count
 from shared.jobstate import JobEventKind, JobKind, JobState
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -29,10 +30,10 @@ ModelName = Annotated[
 ]
 Label = int | str | float
 FeatureRow = Annotated[list[float], Field(min_length=1, max_length=10_000)]
-Text = Annotated[str, Field(max_length=100_000)]
+Text = Annotated[str, Field(max_length=20_000)]
 Inputs = list[Text] | list[FeatureRow]
 
-MAX_ROWS = 1_000_000
+MAX_ROWS = 200_000
 
 
 class _Strict(BaseModel):
@@ -106,7 +107,7 @@ class TrainSpec(_Strict):
 class PredictRequest(_Strict):
     model_name: ModelName
     version: Annotated[int, Field(ge=1)] | Literal["latest"] = "latest"
-    inputs: Annotated[Inputs, Field(min_length=1, max_length=100_000)]
+    inputs: Annotated[Inputs, Field(min_length=1, max_length=10_000)]
     wait: float | None = Field(
         None, ge=0, le=3600, description="seconds to wait for the result before answering 202"
     )
@@ -136,6 +137,8 @@ class JobOut(BaseModel):
     max_attempts: int
     worker: str | None
     message: str | None
+    submitted_by: str | None
+    cancelled_by: str | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -246,6 +249,26 @@ def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
         raise InvalidSpec("classification needs at least two classes", field=f"{field}.labels")
 
 
+def _check_size(req: TrainRequest, family: str, params: dict[str, Any], task: Task) -> None:
+    if req.dataset.builtin is not None:
+        builtin = BUILTIN_DATASETS[req.dataset.builtin]
+        n_features, n_classes = builtin.n_features, builtin.n_classes
+    else:
+        inline = req.dataset.inline or InlineData(inputs=[""], labels=[0])
+        first = inline.inputs[0]
+        n_features = 0 if isinstance(first, str) else len(first)
+        n_classes = 1 if task == "regression" else len({str(y) for y in inline.labels})
+    n_outputs = (
+        1 if task == "regression" or (family == "text_lstm" and n_classes == 2) else n_classes
+    )
+    count = parameter_count(family, params, n_features, n_outputs)
+    limit = get_settings().max_model_params
+    if count > limit:
+        raise InvalidSpec(
+            f"the model would have {count:,} parameters; the limit is {limit:,}", field="params"
+        )
+
+
 def resolve_train(req: TrainRequest) -> TrainSpec:
     """Check the request as a whole; raise ``InvalidSpec`` naming the field that is wrong."""
     family = FAMILIES.get(req.family)
@@ -278,6 +301,7 @@ def resolve_train(req: TrainRequest) -> TrainSpec:
         _check_inline(req.dataset.inline, family.input_kind, task)
     if "task" in params:
         params["task"] = task
+    _check_size(req, family.name, params, task)
     return TrainSpec(
         model_name=req.model_name,
         family=family.name,

@@ -5,6 +5,7 @@ else SQLite), and worker processes started the way an operator starts them."""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -23,6 +24,9 @@ from shared.config import get_settings
 from shared.db.session import get_engine
 
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN_KEY = secrets.token_urlsafe(32)
+FLOWER_PASSWORD = secrets.token_urlsafe(18)
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def _fresh_postgres(url: str) -> tuple[str, str]:
@@ -70,6 +74,11 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "TORCHQUEUE_ARTIFACTS_URL": str(home / "artifacts"),
         "TORCHQUEUE_PROGRESS_INTERVAL_SECONDS": "0",
         "TORCHQUEUE_TORCH_THREADS": "1",
+        # An admin key for the tests, the API processes they start and the command line.
+        "TORCHQUEUE_BOOTSTRAP_KEY": ADMIN_KEY,
+        "TORCHQUEUE_API_KEY": ADMIN_KEY,
+        "TORCHQUEUE_FLOWER_USER": "flower",
+        "TORCHQUEUE_FLOWER_PASSWORD": FLOWER_PASSWORD,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -99,7 +108,11 @@ def api_client() -> Iterator[Any]:
 
     from api.app import create_app
 
-    with TestClient(create_app(), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(),
+        raise_server_exceptions=False,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    ) as client:
         yield client
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ops.embedded_redis import free_port
-from tests.conftest import ROOT, start_process, stop_process
+from tests.conftest import AUTH, FLOWER_PASSWORD, ROOT, start_process, stop_process
 
 
 def _imports(path: Path) -> set[str]:
@@ -63,12 +63,17 @@ def test_the_started_api_never_loads_torch(tmp_path: Path) -> None:
     with serving(["api"], free_port(), "/healthz", tmp_path / "api.log") as base:
         # The routes that validate families and data sets, and send a task.
         body = {"model_name": "rules", "family": "mlp", "dataset": {"builtin": "iris"}}
-        assert httpx.post(f"{base}/v1/jobs/train", json=body).status_code == 201
-        assert httpx.get(f"{base}/v1/families").status_code == 200
+        assert httpx.post(f"{base}/v1/jobs/train", json=body, headers=AUTH).status_code == 201
+        assert httpx.get(f"{base}/v1/families", headers=AUTH).status_code == 200
         assert httpx.get(f"{base}/readyz").status_code == 200
 
 
 @pytest.mark.slow
 def test_flower_never_loads_torch(tmp_path: Path) -> None:
     with serving(["flower"], free_port(), "/healthcheck", tmp_path / "flower.log") as base:
-        assert httpx.get(f"{base}/healthcheck").text == "OK"
+        login = ("flower", FLOWER_PASSWORD)
+        assert httpx.get(f"{base}/workers", auth=login).status_code == 200
+        # Without its credentials, or with wrong ones, Flower shows nothing.
+        assert httpx.get(f"{base}/workers").status_code == 401
+        assert httpx.get(f"{base}/workers", auth=("flower", "guess")).status_code == 401
+        assert httpx.get(f"{base}/api/tasks").status_code == 401

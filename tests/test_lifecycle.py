@@ -23,7 +23,7 @@ from ops.embedded_redis import free_port
 from shared.config import get_settings
 from shared.enqueue import send_job
 from shared.schemas import JobOut
-from tests.conftest import reset_caches, start_process, stop_process, unique, wait_for_worker
+from tests.conftest import AUTH, reset_caches, start_process, stop_process, unique, wait_for_worker
 from tests.test_import_rules import serving
 
 pytestmark = pytest.mark.slow
@@ -318,7 +318,7 @@ def test_200_jobs_while_the_only_worker_is_killed_twice(fleet: Fleet, tmp_path: 
     fleet.start("reaper")
     worker = fleet.worker()
     api = serving(["api"], free_port(), "/healthz", tmp_path / "api.log")
-    with api as base, httpx.Client(base_url=base, timeout=60) as http:
+    with api as base, httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
         model = unique("chaos-model")
         seed = http.post(
             "/v1/jobs/train",

@@ -13,7 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.auth import JobsRead, JobsSubmit, PredictSubmit, TrainSubmit, visible
 from api.deps import SessionDep
+from shared.auth import Principal
 from shared.config import get_settings
 from shared.db import store
 from shared.db.session import session_scope
@@ -34,6 +36,8 @@ from shared.schemas import (
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut},
+    403: {"model": ErrorOut},
     404: {"model": ErrorOut},
     409: {"model": ErrorOut},
     422: {"model": ErrorOut},
@@ -62,17 +66,20 @@ def _existing(session: Session, key: str, request_hash: str) -> JobOut | None:
     job, made_with = found
     if made_with != request_hash:
         raise Conflict(
-            f"Idempotency-Key '{key}' was used for a different request (job {job.id})",
+            f"this Idempotency-Key was used for a different request (job {job.id})",
             field="Idempotency-Key",
         )
     return job
 
 
 def _submit(
-    session: Session, key: str | None, request_hash: str, **create: Any
+    session: Session, who: Principal, key: str | None, request_hash: str, **create: Any
 ) -> tuple[JobOut, bool]:
     """Record a job (or find the one this key made) and send it; return it and whether
-    it is new. The row is committed before its message is sent."""
+    it is new. The row is committed before its message is sent. Idempotency keys are
+    each API key's own: two callers cannot collide."""
+    key = None if key is None else f"{who.key_id}:{key}"
+    create["submitted_by"] = who.key_id
     if key is not None and (job := _existing(session, key, request_hash)) is not None:
         return job, False
     try:
@@ -98,13 +105,18 @@ def _submit(
 
 @router.post("/train", status_code=201, responses={**ERRORS, 200: {"model": JobOut}})
 def submit_train(
-    req: TrainRequest, session: SessionDep, response: Response, key: IdempotencyKey = None
+    req: TrainRequest,
+    session: SessionDep,
+    response: Response,
+    who: TrainSubmit,
+    key: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a training job; its model version appears when it succeeds. The same
     ``Idempotency-Key`` with the same body answers 200 with the job it made."""
     spec = resolve_train(req)
     job, created = _submit(
         session,
+        who,
         key,
         _request_hash(JobKind.train, req.model_dump(mode="json")),
         kind=JobKind.train,
@@ -117,13 +129,14 @@ def submit_train(
     return job
 
 
-def _create_predict(req: PredictRequest, key: str | None) -> tuple[JobOut, bool]:
+def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tuple[JobOut, bool]:
     with session_scope() as s:
         version = store.get_model_version(s, req.model_name, req.version)
         check_inputs(req.inputs, version.input_schema)
         spec = PredictSpec(model_name=req.model_name, version=version.version, inputs=req.inputs)
         return _submit(
             s,
+            who,
             key,
             _request_hash(JobKind.predict, req.model_dump(mode="json", exclude={"wait"})),
             kind=JobKind.predict,
@@ -150,14 +163,14 @@ def _read(job_id: str) -> JobOut:
     },
 )
 async def submit_predict(
-    req: PredictRequest, response: Response, key: IdempotencyKey = None
+    req: PredictRequest, response: Response, who: PredictSubmit, key: IdempotencyKey = None
 ) -> JobOut:
     """Queue a prediction; with ``wait``, answer when it ends (200) or when the wait runs
     out (202, poll ``GET /v1/jobs/{id}``)."""
     settings = get_settings()
     if req.wait is not None and req.wait > settings.max_wait_seconds:
         raise InvalidSpec(f"wait is at most {settings.max_wait_seconds} seconds", field="wait")
-    job, created = await run_in_threadpool(_create_predict, req, key)
+    job, created = await run_in_threadpool(_create_predict, req, who, key)
     if req.wait is None:
         response.status_code = 201 if created else 200
         return job
@@ -170,33 +183,42 @@ async def submit_predict(
 
 
 @router.get("/{job_id}", responses=ERRORS)
-def get_job(job_id: str, session: SessionDep) -> JobOut:
-    return store.get_job(session, job_id)
+def get_job(job_id: str, session: SessionDep, who: JobsRead) -> JobOut:
+    return visible(store.get_job(session, job_id), who)
 
 
 @router.post("/{job_id}/cancel", responses=ERRORS)
-def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+def cancel_job(job_id: str, session: SessionDep, who: JobsSubmit) -> JobOut:
     """A queued job is cancelled at once; a running one becomes ``cancelling`` and its
     worker stops it within a batch. Cancelling a finished job is 409."""
-    return store.request_cancel(session, job_id)
+    visible(store.get_job(session, job_id), who)
+    return store.request_cancel(session, job_id, by=who.key_id)
 
 
 @router.get("/{job_id}/events", responses=ERRORS)
-def job_events(job_id: str, session: SessionDep) -> list[JobEventOut]:
+def job_events(job_id: str, session: SessionDep, who: JobsRead) -> list[JobEventOut]:
     """The job's history: queued, claimed, resumed, lease expired, cancelled, finished."""
+    visible(store.get_job(session, job_id), who)
     return store.list_events(session, job_id)
 
 
 @router.get("", responses=ERRORS)
 def list_jobs(
     session: SessionDep,
+    who: JobsRead,
     state: JobState | None = None,
     kind: JobKind | None = None,
     model_name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobPage:
-    """Newest first."""
+    """Newest first; a key lists its own jobs, admin all."""
     return store.list_jobs(
-        session, state=state, kind=kind, model_name=model_name, limit=limit, offset=offset
+        session,
+        state=state,
+        kind=kind,
+        model_name=model_name,
+        submitted_by=None if who.is_admin else who.key_id,
+        limit=limit,
+        offset=offset,
     )

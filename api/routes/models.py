@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 
+from api.auth import require
 from api.deps import SessionDep
 from shared.datasets import BUILTIN_DATASETS
 from shared.db import store
 from shared.families import FAMILIES
 from shared.schemas import ErrorOut, ModelOut, ModelPage, ModelVersionOut
 
-router = APIRouter(prefix="/v1", tags=["models"])
-ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 403, 404, 422)
+}
+router = APIRouter(
+    prefix="/v1",
+    tags=["models"],
+    dependencies=[Depends(require("models:read"))],
+    responses=ERRORS,
+)
 
 
 @router.get("/models")
@@ -25,13 +33,13 @@ def list_models(
     return store.list_models(session, limit=limit, offset=offset)
 
 
-@router.get("/models/{name}", responses=ERRORS)
+@router.get("/models/{name}")
 def get_model(name: str, session: SessionDep) -> ModelOut:
     """A model with all its versions."""
     return store.get_model(session, name)
 
 
-@router.get("/models/{name}/versions/{version}", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}")
 def get_model_version(
     name: str,
     version: Annotated[int | Literal["latest"], Path(description="a number, or latest")],

@@ -73,6 +73,9 @@ class Job(Base):
     # A client's Idempotency-Key, and the hash of the request it came with.
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     request_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    # The API key that submitted the job, and the one that cancelled it.
+    submitted_by: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    cancelled_by: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
@@ -131,3 +134,17 @@ class Lock(Base):
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(sa.String(255))
     expires_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """An API key: its public id, a salted hash of its secret (never the secret), scopes."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128))
+    salt: Mapped[str] = mapped_column(sa.String(64))
+    secret_hash: Mapped[str] = mapped_column(sa.String(128))
+    scopes: Mapped[list[str]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

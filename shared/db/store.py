@@ -54,6 +54,7 @@ def create_job(
     max_attempts: int = 3,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    submitted_by: str | None = None,
 ) -> JobOut:
     stamp = now()
     row = Job(
@@ -68,6 +69,7 @@ def create_job(
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        submitted_by=submitted_by,
         created_at=stamp,
         updated_at=stamp,
     )
@@ -96,10 +98,13 @@ def list_jobs(
     state: JobState | None = None,
     kind: JobKind | None = None,
     model_name: str | None = None,
+    submitted_by: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> JobPage:
     where = []
+    if submitted_by is not None:
+        where.append(Job.submitted_by == submitted_by)
     if state is not None:
         where.append(Job.state == state)
     if kind is not None:
@@ -217,15 +222,22 @@ def set_message(session: Session, job_id: str, message: str) -> None:
     session.execute(sa.update(Job).where(Job.id == job_id).values(message=message))
 
 
-def request_cancel(session: Session, job_id: str) -> JobOut:
+def request_cancel(session: Session, job_id: str, by: str | None = None) -> JobOut:
     """Cancel a queued job at once; ask the worker of a running one to stop (its job
     becomes ``cancelling``, then ``cancelled``). A finished job is a conflict."""
     before = "cancelled before it started"
     if transition(
-        session, job_id, JobState.cancelled, only_from=frozenset({JobState.queued}), message=before
+        session,
+        job_id,
+        JobState.cancelled,
+        only_from=frozenset({JobState.queued}),
+        message=before,
+        cancelled_by=by,
     ):
         add_event(session, job_id, JobEventKind.cancelled, before)
-    elif transition(session, job_id, JobState.cancelling, message="cancel requested"):
+    elif transition(
+        session, job_id, JobState.cancelling, message="cancel requested", cancelled_by=by
+    ):
         add_event(session, job_id, JobEventKind.cancel_requested, "cancel requested")
     job = get_job(session, job_id)
     if job.state.is_terminal() and job.message != before:

@@ -73,7 +73,16 @@ def test_make_up_serves_training_and_prediction_then_stops_on_ctrl_c(tmp_path: P
         assert f"http://127.0.0.1:{port}/docs" in text
         assert "(embedded" in text
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["status"] == "ready"
-        assert httpx.get(f"http://127.0.0.1:{flower_port}/healthcheck").text == "OK"
+        # A local admin key and Flower's login, made on first start, readable by us only.
+        key_file, flower_file = home / "admin.key", home / "flower.credentials"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert flower_file.stat().st_mode & 0o777 == 0o600
+        assert key_file.read_text().strip() in text  # printed once
+        user, _, password = flower_file.read_text().strip().partition(":")
+        flower = f"http://127.0.0.1:{flower_port}/workers"
+        assert httpx.get(flower).status_code == 401
+        assert httpx.get(flower, auth=(user, password)).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").status_code == 401
 
         client_env = env | {"TORCHQUEUE_API_URL": f"http://127.0.0.1:{port}"}
         trained = _cli(

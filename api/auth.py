@@ -1,0 +1,68 @@
+"""Who may call: every ``/v1`` route takes an API key (``Authorization: Bearer KEY``) with
+the scope the route needs. 401 without a valid key, 403 with a key that lacks the scope."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from shared.auth import Principal
+from shared.config import get_settings
+from shared.db import keys
+from shared.db.session import session_scope
+from shared.errors import Forbidden, NotFound, Unauthorized
+from shared.schemas import JobOut
+
+ANONYMOUS = Principal("anonymous", "authentication off", frozenset({"admin"}))
+BOOTSTRAP = Principal("bootstrap", "bootstrap key", frozenset({"admin"}))
+
+
+def authenticate(request: Request) -> Principal:
+    settings = get_settings()
+    if settings.auth == "off":
+        return ANONYMOUS
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("send an API key: 'Authorization: Bearer KEY'")
+    key = key.strip()
+    bootstrap = settings.bootstrap_key
+    if bootstrap is not None and hmac.compare_digest(
+        key.encode(), bootstrap.get_secret_value().encode()
+    ):
+        return BOOTSTRAP
+    with session_scope() as s:
+        principal = keys.authenticate(s, key)
+    if principal is None:
+        raise Unauthorized("the API key is not valid, or it was revoked")
+    return principal
+
+
+def require(*scopes: str) -> Callable[..., Principal]:
+    """A dependency: the caller, once its key is checked for every one of ``scopes``."""
+
+    def check(request: Request) -> Principal:
+        principal = authenticate(request)
+        for scope in scopes:
+            if not principal.allows(scope):
+                raise Forbidden(f"the key '{principal.name}' lacks the scope {scope}")
+        return principal
+
+    return check
+
+
+def visible(job: JobOut, principal: Principal) -> JobOut:
+    """A key sees its own jobs; admin sees all. Others' jobs do not exist for it."""
+    if principal.is_admin or job.submitted_by == principal.key_id:
+        return job
+    raise NotFound(f"no job '{job.id}'", field="job_id")
+
+
+JobsSubmit = Annotated[Principal, Depends(require("jobs:submit"))]
+JobsRead = Annotated[Principal, Depends(require("jobs:read"))]
+ModelsRead = Annotated[Principal, Depends(require("models:read"))]
+TrainSubmit = Annotated[Principal, Depends(require("jobs:submit", "models:write"))]
+PredictSubmit = Annotated[Principal, Depends(require("jobs:submit", "models:read"))]

@@ -1,0 +1,66 @@
+"""A request body over ``TORCHQUEUE_MAX_REQUEST_MB`` is refused with 413, before it is
+read into memory: by its Content-Length, or while it streams in."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.config import get_settings
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = int(get_settings().max_request_mb * 1024 * 1024)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await _refuse(send, limit)
+            return
+        seen = 0
+        refused = False
+
+        async def counted() -> Message:
+            # A streamed body that grows past the limit: answer 413 now, and tell the app
+            # the client went away, so that it stops reading and answers nothing more.
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit and not refused:
+                    refused = True
+                    await _refuse(send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    body: dict[str, Any] = {
+        "type": "too_large",
+        "detail": f"the request body is over the limit of {limit // (1024 * 1024)} MB",
+    }
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
