@@ -34,6 +34,8 @@ Text = Annotated[str, Field(max_length=20_000)]
 Inputs = list[Text] | list[FeatureRow]
 
 MAX_ROWS = 200_000
+# Numbers that reach a database column stay within a 32-bit integer.
+MAX_VERSION = MAX_OFFSET = 2**31 - 1
 
 
 class _Strict(BaseModel):
@@ -106,7 +108,7 @@ class TrainSpec(_Strict):
 
 class PredictRequest(_Strict):
     model_name: ModelName
-    version: Annotated[int, Field(ge=1)] | Literal["latest"] = "latest"
+    version: Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"] = "latest"
     inputs: Annotated[Inputs, Field(min_length=1, max_length=10_000)]
     wait: float | None = Field(
         None, ge=0, le=3600, description="seconds to wait for the result before answering 202"

@@ -23,6 +23,7 @@ from shared.enqueue import queue_for, send_job
 from shared.errors import Conflict, InvalidSpec, Unavailable
 from shared.jobstate import JobKind, JobState
 from shared.schemas import (
+    MAX_OFFSET,
     ErrorOut,
     JobEventOut,
     JobOut,
@@ -210,7 +211,7 @@ def list_jobs(
     kind: JobKind | None = None,
     model_name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Newest first; a key lists its own jobs, admin all."""
     return store.list_jobs(

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
+from pydantic import Field
 
 from api.auth import require
 from api.deps import SessionDep
 from shared.datasets import BUILTIN_DATASETS
 from shared.db import store
 from shared.families import FAMILIES
-from shared.schemas import ErrorOut, ModelOut, ModelPage, ModelVersionOut
+from shared.schemas import (
+    MAX_OFFSET,
+    MAX_VERSION,
+    ErrorOut,
+    ModelOut,
+    ModelPage,
+    ModelVersionOut,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 403, 404, 422)
@@ -28,7 +36,7 @@ router = APIRouter(
 def list_models(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ModelPage:
     return store.list_models(session, limit=limit, offset=offset)
 
@@ -42,7 +50,10 @@ def get_model(name: str, session: SessionDep) -> ModelOut:
 @router.get("/models/{name}/versions/{version}")
 def get_model_version(
     name: str,
-    version: Annotated[int | Literal["latest"], Path(description="a number, or latest")],
+    version: Annotated[
+        Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"],
+        Path(description="a number, or latest"),
+    ],
     session: SessionDep,
 ) -> ModelVersionOut:
     return store.get_model_version(session, name, version)
