@@ -79,7 +79,8 @@ def _submit(
     """Record a job (or find the one this key made) and send it; return it and whether
     it is new. The row is committed before its message is sent. Idempotency keys are
     each API key's own: two callers cannot collide."""
-    key = None if key is None else f"{who.key_id}:{key}"
+    if key is not None:  # fixed length, whatever the client sent
+        key = hashlib.sha256(f"{who.key_id}:{key}".encode()).hexdigest()
     create["submitted_by"] = who.key_id
     if key is not None and (job := _existing(session, key, request_hash)) is not None:
         return job, False

@@ -114,6 +114,16 @@ def test_a_key_sees_and_cancels_only_its_own_jobs(api_client: Any) -> None:
     a = api_client.post("/v1/jobs/train", json=TRAIN, headers=_as(alice) | idem).json()
     b = api_client.post("/v1/jobs/train", json=TRAIN, headers=_as(bob) | idem).json()
     assert a["id"] != b["id"]
+    longest = {"Idempotency-Key": "k" * 255}
+    first = api_client.post("/v1/jobs/train", json=TRAIN, headers=_as(alice) | longest)
+    again = api_client.post("/v1/jobs/train", json=TRAIN, headers=_as(alice) | longest)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert (
+        api_client.post(
+            "/v1/jobs/train", json=TRAIN, headers={"Idempotency-Key": "k" * 256}
+        ).status_code
+        == 422
+    )
     cancelled = api_client.post(f"/v1/jobs/{a['id']}/cancel", headers=_as(alice)).json()
     assert cancelled["cancelled_by"] == alice.split("_")[1]
 

@@ -90,8 +90,9 @@ def test_validation_refuses_with_a_field_or_accepts_whole(body: dict[str, Any]) 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
 def test_schemathesis_finds_no_server_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its own Redis, with no worker: the jobs it submits are recorded, never trained.
     redis_proc, url = embedded_redis.start(tmp_path / "redis")
@@ -111,7 +112,7 @@ def test_schemathesis_finds_no_server_error(
                     "--max-examples",
                     "50",
                     "--seed",
-                    "1",
+                    str(seed),
                     "-H",
                     f"Authorization: Bearer {ADMIN_KEY}",
                     "--request-timeout",
