@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.limits import BodyLimit
-from api.routes import health, jobs, models
+from api.routes import health, jobs, models, workers
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")
@@ -39,4 +39,5 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(workers.router)
     return app

@@ -65,20 +65,38 @@ def api(host: str | None, port: int | None) -> None:
 
 
 @cli.command()
-@click.option("--gpus", help="GPU indices for this worker: 0, 2,3 or all")
+@click.option("--gpus", help="GPU indices for one worker (0 or 2,3), or all: one worker each")
 @click.option("--cpu", is_flag=True, help="run on the CPU")
-@click.option("--queues", default="train,predict", show_default=True)
+@click.option(
+    "--queues",
+    default="train,predict",
+    show_default=True,
+    help="the kinds of job to take: train, predict or both",
+)
+@click.option(
+    "--pool",
+    default="default",
+    show_default=True,
+    help="the pool this worker serves (jobs name it in resources.pool)",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(gpus: str | None, cpu: bool, queues: str, loglevel: str) -> None:
+def worker(gpus: str | None, cpu: bool, queues: str, pool: str, loglevel: str) -> None:
     """Run a Celery worker pinned to a GPU group or the CPU."""
+    import re
+
     from workers.devices import DeviceGroup, parse_gpus
-    from workers.main import run_worker
+    from workers.main import run_all, run_worker
 
     if bool(gpus) == cpu:
         raise click.UsageError("give exactly one of --gpus or --cpu")
+    if not re.match(r"^[a-z0-9][a-z0-9-]{0,31}$", pool):
+        raise click.BadParameter("lower-case letters, digits and '-'", param_hint="--pool")
+    kinds = tuple(q.strip() for q in queues.split(",") if q.strip())
     try:
+        if gpus == "all":
+            sys.exit(run_all(kinds, pool, loglevel))
         group = parse_gpus(gpus) if gpus else DeviceGroup()
-        run_worker(group, [q.strip() for q in queues.split(",") if q.strip()], loglevel)
+        run_worker(group, kinds, pool, loglevel)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

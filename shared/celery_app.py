@@ -6,18 +6,14 @@ from __future__ import annotations
 from functools import lru_cache
 
 from celery import Celery
-from kombu.entity import Exchange, Queue
 
 from shared.config import Settings, get_settings
-from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN, TASK_PREDICT, TASK_TRAIN
+from shared.constants import QUEUE_TRAIN
+from shared.routing import PRIORITY_LEVELS
 
 # A training job may run for days; Redis re-delivers an unacknowledged message after this
 # long. The claim in the database makes a re-delivery harmless, and this keeps it rare.
 VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600
-
-
-def _queue(name: str) -> Queue:
-    return Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -38,15 +34,22 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         # One message at a time: a busy worker never hoards jobs an idle device could run.
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            # Priorities within a queue: one Redis list per level, served highest first.
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(PRIORITY_LEVELS)),
+            "sep": ":",
+        },
         # A broker blip must not kill an hour of training: the running task goes on, and
         # the claim turns the message's later re-delivery into a no-op.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
-        # Each queue its own exchange and key: a message lands in exactly one queue.
-        task_queues=[_queue(QUEUE_TRAIN), _queue(QUEUE_PREDICT)],
-        task_routes={TASK_TRAIN: {"queue": QUEUE_TRAIN}, TASK_PREDICT: {"queue": QUEUE_PREDICT}},
+        # Queues are named by ``shared.routing`` and made when first used, each with its
+        # own exchange and key, so a message lands in exactly one queue.
+        task_create_missing_queues=True,
         task_default_queue=QUEUE_TRAIN,
+        task_default_exchange_type="direct",
         # Events let Flower show workers and tasks as they run.
         worker_send_task_events=True,
         task_send_sent_event=True,

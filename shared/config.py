@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(default=None, description="default: SQLite under home")
     artifacts_url: str | None = Field(default=None, description="default: home/artifacts")
+    # For an s3:// artifacts_url; when unset, s3fs's own defaults (environment, instance role).
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str | None = None
     api_url: str = Field(default="http://127.0.0.1:8000", description="where clients call")
     api_host: str = "127.0.0.1"
     api_port: int = 8000

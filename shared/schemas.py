@@ -81,6 +81,27 @@ class TrainingConfig(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
+PoolName = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="a pool of workers, e.g. a100"),
+]
+Priority = Annotated[
+    int, Field(ge=0, le=9, description="0 to 9; higher runs first among jobs of one queue")
+]
+
+
+class Resources(_Strict):
+    """What a training job needs; its queue follows from these (``shared.routing``)."""
+
+    devices: int = Field(1, ge=1, le=64, description="devices on one worker")
+    pool: PoolName = "default"
+    min_device_memory_gb: float = Field(0, ge=0, le=1024)
+
+
+class PredictResources(_Strict):
+    pool: PoolName = "default"
+
+
 MaxAttempts = Annotated[
     int, Field(ge=1, le=20, description="runs before a job whose worker keeps dying fails")
 ]
@@ -92,6 +113,8 @@ class TrainRequest(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     dataset: DatasetSpec
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    resources: Resources = Field(default_factory=Resources)
+    priority: Priority = 0
     max_attempts: MaxAttempts = 3
 
 
@@ -104,6 +127,7 @@ class TrainSpec(_Strict):
     task: Task
     dataset: DatasetSpec
     training: TrainingConfig
+    resources: Resources = Field(default_factory=Resources)
 
 
 class PredictRequest(_Strict):
@@ -113,6 +137,8 @@ class PredictRequest(_Strict):
     wait: float | None = Field(
         None, ge=0, le=3600, description="seconds to wait for the result before answering 202"
     )
+    resources: PredictResources = Field(default_factory=PredictResources)
+    priority: Priority = 0
     max_attempts: MaxAttempts = 3
 
 
@@ -137,6 +163,8 @@ class JobOut(BaseModel):
     error: dict[str, Any] | None
     attempts: int
     max_attempts: int
+    priority: int
+    usage: dict[str, Any] | None
     worker: str | None
     message: str | None
     submitted_by: str | None
@@ -173,6 +201,7 @@ class ModelVersionOut(BaseModel):
     artifact_uri: str
     sha256: str
     job_id: str
+    usage: dict[str, Any] | None
     created_at: datetime
 
 
@@ -189,6 +218,21 @@ class ModelPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class WorkerOut(BaseModel):
+    name: str
+    host: str
+    pool: str
+    queues: list[str]
+    devices: list[dict[str, Any]]
+    versions: dict[str, str]
+    pid: int
+    started_at: datetime
+    last_seen_at: datetime
+    stopped_at: datetime | None
+    state: Literal["online", "offline", "stopped"] = "online"
+    current_job: str | None = None
 
 
 class ErrorOut(BaseModel):
@@ -311,6 +355,7 @@ def resolve_train(req: TrainRequest) -> TrainSpec:
         task=task,
         dataset=req.dataset,
         training=req.training,
+        resources=req.resources,
     )
 
 

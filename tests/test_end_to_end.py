@@ -10,8 +10,8 @@ from urllib.parse import urlparse
 import pytest
 
 from shared.artifacts import sha256_hex
-from shared.celery_app import get_celery
-from shared.constants import TASK_TRAIN
+from shared.enqueue import send_job
+from shared.schemas import JobOut
 from tests.conftest import unique, wait_job
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def test_a_diverging_job_fails_with_its_reason(api_client: Any, worker: Path) ->
 def test_a_redelivered_message_does_nothing(api_client: Any, worker: Path) -> None:
     body = {"model_name": unique("dup"), "family": "mlp", "dataset": {"builtin": "iris"}}
     job = wait_job(api_client, api_client.post("/v1/jobs/train", json=body).json()["id"])
-    get_celery().send_task(TASK_TRAIN, args=[job["id"]])
+    send_job(JobOut.model_validate(job))  # the same message again
     deadline = time.monotonic() + 30
     while f"job {job['id']} is not queued" not in worker.read_text():
         assert time.monotonic() < deadline, "the duplicate was never consumed"

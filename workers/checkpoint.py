@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from shared.artifacts import LocalArtifactStore
+from shared.artifacts import ArtifactStore
 from shared.errors import ModelLoadError
 
 FORMAT = 1
@@ -113,9 +113,7 @@ def decode(data: bytes) -> TrainState:
 class Checkpointer:
     """Where one job's checkpoint lives, and when the next one is due."""
 
-    def __init__(
-        self, store: LocalArtifactStore, key: str, every_seconds: float | None = None
-    ) -> None:
+    def __init__(self, store: ArtifactStore, key: str, every_seconds: float | None = None) -> None:
         self.store = store
         self.key = key
         self.every_seconds = every_seconds

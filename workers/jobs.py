@@ -242,6 +242,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
     """Train, save, register, succeed; False when the job was taken away meanwhile."""
     from workers import modelio, training
     from workers.devices import torch_device
+    from workers.usage import Meter
 
     hooks = training.Hooks(
         on_epoch=_progress_writer(job.id, worker, spec.training.epochs),
@@ -250,7 +251,9 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
         checkpointer=checkpoints,
         record_extra={"attempt": job.attempts},
     )
-    trained = training.train(spec, device=torch_device(), hooks=hooks)
+    device = torch_device()
+    meter = Meter(device)
+    trained = training.train(spec, device=device, hooks=hooks)
     saved = modelio.save(trained, open_store(), f"models/{spec.model_name}/{job.id}")
     result: dict[str, Any] = {
         "metrics": trained.metrics,
@@ -261,6 +264,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
         "artifact_uri": saved.uri,
         "sha256": saved.sha256,
     }
+    usage = meter.finish(trained.samples)
     if lease.lost.is_set():
         return False
     with session_scope() as s:
@@ -274,6 +278,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
             artifact_uri=saved.uri,
             sha256=saved.sha256,
             job_id=job.id,
+            usage=usage,
         )
         result["model_version"] = version.version
         finished = store.finish_job(
@@ -282,6 +287,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
             JobState.succeeded,
             worker=worker,
             result=result,
+            usage=usage,
             model_version=version.version,
             message=f"made {spec.model_name} v{version.version}",
         )
@@ -298,7 +304,10 @@ def run_predict_job(job_id: str, worker: str) -> None:
         return
     try:
         from workers import inference
+        from workers.devices import torch_device
+        from workers.usage import Meter
 
+        meter = Meter(torch_device())
         spec = PredictSpec.model_validate(job.spec)
         with session_scope() as s:
             version = store.get_model_version(s, spec.model_name, spec.version)
@@ -312,6 +321,7 @@ def run_predict_job(job_id: str, worker: str) -> None:
                 worker=worker,
                 result=result,
                 message=f"{len(outputs)} outputs",
+                usage=meter.finish(len(outputs)),
             )
     except TRANSIENT as exc:
         _give_back(job, worker, f"transient error on {worker}: {exc}; requeued")

@@ -16,7 +16,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from shared.artifacts import LocalArtifactStore, sha256_hex
+from shared.artifacts import ArtifactStore, sha256_hex
 from shared.errors import ModelLoadError
 from workers.families import BUILDERS, Preprocessor
 from workers.training import Trained
@@ -32,7 +32,7 @@ class Saved:
     manifest: dict[str, Any]
 
 
-def save(trained: Trained, store: LocalArtifactStore, prefix: str) -> Saved:
+def save(trained: Trained, store: ArtifactStore, prefix: str) -> Saved:
     """Write weights, then the manifest that names their checksum; return the prefix URI."""
     state = {k: v.detach().cpu().contiguous() for k, v in trained.module.state_dict().items()}
     weights = save_safetensors(state)
@@ -101,7 +101,7 @@ class LoadedModel:
 
 
 def load(
-    store: LocalArtifactStore, uri: str, sha256: str, device: torch.device | None = None
+    store: ArtifactStore, uri: str, sha256: str, device: torch.device | None = None
 ) -> LoadedModel:
     prefix = store.key_of(uri)
     try:

@@ -42,6 +42,8 @@ class Trained:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    # Training rows seen by this run (a resumed run counts only the epochs it trained).
+    samples: int = 0
 
 
 class Head:
@@ -320,6 +322,7 @@ def train(
         history=history,
         best_epoch=best_epoch,
         stopped_early=run.stopper.stopped,
+        samples=len(run.tr.x) * (len(history) - first + 1),
     )
 
 

@@ -17,11 +17,12 @@ from api.auth import JobsRead, JobsSubmit, PredictSubmit, TrainSubmit, visible
 from api.deps import SessionDep
 from shared.auth import Principal
 from shared.config import get_settings
-from shared.db import store
+from shared.db import registry, store
 from shared.db.session import session_scope
-from shared.enqueue import queue_for, send_job
+from shared.enqueue import send_job
 from shared.errors import Conflict, InvalidSpec, Unavailable
 from shared.jobstate import JobKind, JobState
+from shared.routing import predict_queue, train_queue
 from shared.schemas import (
     MAX_OFFSET,
     ErrorOut,
@@ -82,6 +83,8 @@ def _submit(
     if key is not None:  # fixed length, whatever the client sent
         key = hashlib.sha256(f"{who.key_id}:{key}".encode()).hexdigest()
     create["submitted_by"] = who.key_id
+    if create["queue"] not in registry.served_queues(session, registry.OFFLINE_AFTER_SECONDS):
+        create["message"] = f"waiting on queue {create['queue']}: no online worker serves it"
     if key is not None and (job := _existing(session, key, request_hash)) is not None:
         return job, False
     try:
@@ -124,7 +127,10 @@ def submit_train(
         kind=JobKind.train,
         model_name=spec.model_name,
         spec=spec.model_dump(mode="json"),
-        queue=queue_for(JobKind.train),
+        queue=train_queue(
+            req.resources.pool, req.resources.devices, req.resources.min_device_memory_gb
+        ),
+        priority=req.priority,
         max_attempts=req.max_attempts,
     )
     response.status_code = 201 if created else 200
@@ -144,8 +150,9 @@ def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tup
             kind=JobKind.predict,
             model_name=req.model_name,
             spec=spec.model_dump(mode="json"),
-            queue=queue_for(JobKind.predict),
+            queue=predict_queue(req.resources.pool),
             model_version=version.version,
+            priority=req.priority,
             max_attempts=req.max_attempts,
         )
 

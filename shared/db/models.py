@@ -65,6 +65,9 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None]
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
+    priority: Mapped[int] = mapped_column(default=0, server_default="0")
+    # What the job cost: wall and device seconds, peak memory, samples/s, energy.
+    usage: Mapped[dict[str, Any] | None]
     worker: Mapped[str | None] = mapped_column(sa.String(255))
     # For a training job, the version it registered; for a prediction, the one it used.
     model_version: Mapped[int | None]
@@ -108,6 +111,8 @@ class ModelVersion(Base):
     artifact_uri: Mapped[str] = mapped_column(sa.String(1024))
     sha256: Mapped[str] = mapped_column(sa.String(64))
     job_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("jobs.id"))
+    # The cost of the job that made this version.
+    usage: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime]
 
 
@@ -148,3 +153,20 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(sa.JSON)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class Worker(Base):
+    """A worker process as it registered itself, and when it was last seen."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pool: Mapped[str] = mapped_column(sa.String(64))
+    queues: Mapped[list[str]] = mapped_column(sa.JSON)
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
+    versions: Mapped[dict[str, Any]]
+    pid: Mapped[int]
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]

@@ -38,6 +38,7 @@ def _sqlite_begin(conn: sa.Connection) -> None:
 
 @lru_cache(maxsize=8)
 def _engine(url: str) -> sa.Engine:
+    _OPENED.add(url)
     if url.startswith("sqlite"):
         path = sa.make_url(url).database
         if path and path != ":memory:":
@@ -52,6 +53,16 @@ def _engine(url: str) -> sa.Engine:
 @lru_cache(maxsize=8)
 def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(_engine(url), expire_on_commit=False)
+
+
+def after_fork() -> None:
+    """In a forked child: forget the parent's pooled connections without closing them
+    (closing would close the parent's too), so that the child opens its own."""
+    for url in list(_OPENED):
+        _engine(url).dispose(close=False)
+
+
+_OPENED: set[str] = set()
 
 
 @contextmanager

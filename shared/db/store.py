@@ -55,6 +55,8 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     submitted_by: str | None = None,
+    priority: int = 0,
+    message: str | None = None,
 ) -> JobOut:
     stamp = now()
     row = Job(
@@ -70,6 +72,8 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         submitted_by=submitted_by,
+        priority=priority,
+        message=message,
         created_at=stamp,
         updated_at=stamp,
     )
@@ -204,10 +208,13 @@ def finish_job(
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     model_version: int | None = None,
+    usage: dict[str, Any] | None = None,
     where: tuple[Any, ...] = (),
 ) -> bool:
     """End a job. With ``worker``, only while that worker still owns it."""
     values: dict[str, Any] = {"result": result, "error": error, "message": message}
+    if usage is not None:
+        values["usage"] = usage
     if model_version is not None:
         values["model_version"] = model_version
     if worker is not None:
@@ -288,6 +295,7 @@ def register_model_version(
     artifact_uri: str,
     sha256: str,
     job_id: str,
+    usage: dict[str, Any] | None = None,
     retries: int = 5,
 ) -> ModelVersionOut:
     """Add version N+1 of a model. The unique (name, version) constraint settles races
@@ -316,6 +324,7 @@ def register_model_version(
                     artifact_uri=artifact_uri,
                     sha256=sha256,
                     job_id=job_id,
+                    usage=usage,
                     created_at=stamp,
                 )
                 session.add(row)

@@ -34,6 +34,7 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/models/{name}/versions/{version}"): {"models:read"},
     ("GET", "/v1/families"): {"models:read"},
     ("GET", "/v1/datasets"): {"models:read"},
+    ("GET", "/v1/workers"): {"jobs:read"},
 }
 
 

@@ -1,0 +1,24 @@
+"""The worker registry: every worker, what it serves and runs, and whether it is online."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from api.auth import require
+from api.deps import SessionDep
+from shared.db import registry
+from shared.schemas import ErrorOut, WorkerOut
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["workers"],
+    dependencies=[Depends(require("jobs:read"))],
+    responses={code: {"model": ErrorOut} for code in (401, 403)},
+)
+
+
+@router.get("/workers")
+def list_workers(session: SessionDep) -> list[WorkerOut]:
+    """Name, host, pool, queues, devices, versions, last seen, state and current job."""
+    workers: list[WorkerOut] = registry.list_workers(session, registry.OFFLINE_AFTER_SECONDS)
+    return workers

@@ -1,0 +1,55 @@
+"""Which queue a job goes to, and which queues a worker consumes: one rule, both sides.
+
+A training job's queue names its pool, how many devices it needs and a memory tier:
+``train.<pool>.d<devices>.m<tier>``. A worker whose group has N devices of M GB each, in
+pool P, consumes ``train.P.dN.m<t>`` for every tier t up to M, so a job lands only on a
+worker that owns exactly the devices it asked for, with at least the memory it asked
+for. Predictions go to ``predict.<pool>``: they never wait behind training.
+"""
+
+from __future__ import annotations
+
+from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
+from shared.errors import InvalidSpec
+
+# Device memory tiers in GB (the common sizes of data-centre GPUs); a job's minimum rounds
+# up to a tier, a worker's memory down.
+MEMORY_TIERS_GB = (0, 8, 16, 24, 32, 40, 48, 80, 96, 141, 192)
+DEFAULT_POOL = "default"
+PRIORITY_LEVELS = 10
+
+
+def memory_tier(min_gb: float) -> int:
+    for tier in MEMORY_TIERS_GB:
+        if min_gb <= tier:
+            return tier
+    raise InvalidSpec(
+        f"no device tier has {min_gb} GB; the largest is {MEMORY_TIERS_GB[-1]} GB",
+        field="resources.min_device_memory_gb",
+    )
+
+
+def train_queue(pool: str, devices: int, min_device_memory_gb: float) -> str:
+    return f"{QUEUE_TRAIN}.{pool}.d{devices}.m{memory_tier(min_device_memory_gb)}"
+
+
+def predict_queue(pool: str) -> str:
+    return f"{QUEUE_PREDICT}.{pool}"
+
+
+def worker_queues(
+    pool: str, devices: int, device_memory_gb: float, kinds: tuple[str, ...]
+) -> list[str]:
+    """The queues a worker serves. A CPU worker counts as one device with no tier."""
+    queues: list[str] = []
+    if QUEUE_TRAIN in kinds:
+        tiers = [t for t in MEMORY_TIERS_GB if t <= device_memory_gb]
+        queues += [f"{QUEUE_TRAIN}.{pool}.d{devices}.m{t}" for t in tiers]
+    if QUEUE_PREDICT in kinds:
+        queues.append(predict_queue(pool))
+    return queues
+
+
+def broker_priority(priority: int) -> int:
+    """Our priorities run 0 (last) to 9 (first); the Redis transport serves 0 first."""
+    return PRIORITY_LEVELS - 1 - priority
