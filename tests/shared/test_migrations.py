@@ -13,7 +13,16 @@ from shared.db.models import Base
 from shared.db.session import get_engine
 from tests.conftest import _drop_postgres, _fresh_postgres
 
-TABLES = {"alembic_version", "api_keys", "jobs", "job_events", "locks", "models", "model_versions", "workers"}
+TABLES = {
+    "alembic_version",
+    "api_keys",
+    "jobs",
+    "job_events",
+    "locks",
+    "models",
+    "model_versions",
+    "workers",
+}
 
 
 def _check_upgrade_from_empty(url: str) -> None:
