@@ -284,6 +284,18 @@ def requeue(
 # --- models ----------------------------------------------------------------------------
 
 
+def _ensure_model(session: Session, model_name: str) -> None:
+    """Create the model's row unless it exists; a racing creator's row is as good."""
+    if session.get(RegisteredModel, model_name) is not None:
+        return
+    stamp = now()
+    try:
+        with session.begin_nested():
+            session.add(RegisteredModel(name=model_name, created_at=stamp, updated_at=stamp))
+    except IntegrityError:
+        pass
+
+
 def register_model_version(
     session: Session,
     *,
@@ -298,17 +310,19 @@ def register_model_version(
     usage: dict[str, Any] | None = None,
     retries: int = 5,
 ) -> ModelVersionOut:
-    """Add version N+1 of a model. The unique (name, version) constraint settles races
-    between workers: the loser retries with the next number."""
+    """Add version N+1 of a model. The model's row is locked while the number is chosen
+    (``SELECT … FOR UPDATE``; SQLite's write lock does the same), so racing workers take
+    turns; the unique (name, version) constraint stays as the last word."""
     for _ in range(retries):
         stamp = now()
         try:
             with session.begin_nested():
-                if session.get(RegisteredModel, model_name) is None:
-                    session.add(
-                        RegisteredModel(name=model_name, created_at=stamp, updated_at=stamp)
-                    )
-                    session.flush()
+                _ensure_model(session, model_name)
+                session.execute(
+                    sa.select(RegisteredModel.name)
+                    .where(RegisteredModel.name == model_name)
+                    .with_for_update()
+                )
                 latest = session.scalar(
                     sa.select(sa.func.max(ModelVersion.version)).where(
                         ModelVersion.model_name == model_name

@@ -43,9 +43,9 @@ def test_versions_count_up_per_name() -> None:
 
 def test_racing_registrations_get_distinct_versions() -> None:
     name = unique("race")
-    with ThreadPoolExecutor(4) as pool:
-        versions = sorted(pool.map(lambda _: _register(name), range(6)))
-    assert versions == [1, 2, 3, 4, 5, 6]
+    with ThreadPoolExecutor(8) as pool:
+        versions = sorted(pool.map(lambda _: _register(name), range(16)))
+    assert versions == list(range(1, 17))
 
 
 def test_unknown_models_and_versions_are_not_found() -> None:
