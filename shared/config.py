@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
     reaper_interval_seconds: float = 5.0
+    # Workers renew their registry row this often; one not seen for a while is offline.
+    worker_heartbeat_seconds: float = 5.0
+    worker_offline_after_seconds: float = 20.0
     # A job still queued this long after it was sent, whose message the broker no longer
     # holds, is sent again.
     resend_after_seconds: float = 60.0

@@ -175,3 +175,7 @@ def wait_job(client: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+
+
+# Worker fleets for one test each (imported last: the module uses the helpers above).
+from tests.fleet import fleet  # noqa: E402, F401

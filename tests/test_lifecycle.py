@@ -8,9 +8,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,108 +16,15 @@ import httpx
 import pytest
 import redis
 
-from ops import embedded_redis
 from ops.embedded_redis import free_port
 from shared.config import get_settings
 from shared.enqueue import send_job
 from shared.schemas import JobOut
-from tests.conftest import AUTH, reset_caches, start_process, stop_process, unique, wait_for_worker
+from tests.conftest import AUTH, reset_caches, unique
+from tests.fleet import TERMINAL, Fleet, _events, _wait, _wait_epoch, _waiting_messages
 from tests.test_import_rules import serving
 
 pytestmark = pytest.mark.slow
-
-FAST_LEASES = {
-    "TORCHQUEUE_LEASE_SECONDS": "2",
-    "TORCHQUEUE_HEARTBEAT_SECONDS": "0.3",
-    "TORCHQUEUE_REAPER_INTERVAL_SECONDS": "0.3",
-    "TORCHQUEUE_RESEND_AFTER_SECONDS": "1",
-}
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-@dataclass
-class Fleet:
-    """Worker and reaper processes on a Redis of their own, with short leases."""
-
-    logs: Path
-    redis_url: str
-    procs: list[Any] = field(default_factory=list)
-
-    def start(self, *argv: str) -> Any:
-        proc = start_process(list(argv), self.logs / f"{argv[0]}-{len(self.procs)}.log")
-        self.procs.append(proc)
-        return proc
-
-    def worker(self) -> Any:
-        proc = self.start("worker", "--cpu")
-        wait_for_worker("cpu@")
-        return proc
-
-    def kill9(self, proc: Any) -> float:
-        """SIGKILL the whole process group (the Celery parent and its child)."""
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return time.monotonic()
-
-    def log(self) -> str:
-        return "".join(p.read_text() for p in sorted(self.logs.glob("*.log")))
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
-    redis_proc, url = embedded_redis.start(tmp_path / "redis")
-    for key, value in {**FAST_LEASES, "TORCHQUEUE_REDIS_URL": url}.items():
-        monkeypatch.setenv(key, value)
-    reset_caches()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    f = Fleet(logs, url)
-    try:
-        yield f
-    finally:
-        for proc in f.procs:
-            stop_process(proc, timeout=5)
-        redis_proc.kill()
-        redis_proc.wait()
-        monkeypatch.undo()
-        reset_caches()
-
-
-def _wait(
-    client: Any,
-    job_id: str,
-    until: tuple[str, ...] = TERMINAL,
-    timeout: float = 90,
-    attempts: int = 0,
-) -> Any:
-    """Until the job is in one of ``until`` (after at least ``attempts`` claims)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in until and job["attempts"] >= attempts:
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
-
-
-def _wait_epoch(client: Any, job_id: str, epoch: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        progress = client.get(f"/v1/jobs/{job_id}").json()["progress"] or {}
-        if progress.get("epoch", 0) >= epoch:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} never reached epoch {epoch}")
-
-
-def _events(client: Any, job_id: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/events").json()
-    return events
-
-
-def _waiting_messages(client: redis.Redis) -> int:
-    """Messages in the training queues, at every priority."""
-    return sum(client.llen(key) for key in client.scan_iter(match="train*", _type="list"))
 
 
 def _figures(name: str, **figures: Any) -> None:

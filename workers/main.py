@@ -115,10 +115,11 @@ class Registration:
         return self
 
     def _run(self) -> None:
+        from shared.config import get_settings
         from shared.db import registry
         from shared.db.session import session_scope
 
-        while not self._done.wait(registry.HEARTBEAT_SECONDS):
+        while not self._done.wait(get_settings().worker_heartbeat_seconds):
             try:
                 with session_scope() as s:
                     registry.seen(s, str(self.fields["name"]))

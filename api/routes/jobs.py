@@ -83,7 +83,8 @@ def _submit(
     if key is not None:  # fixed length, whatever the client sent
         key = hashlib.sha256(f"{who.key_id}:{key}".encode()).hexdigest()
     create["submitted_by"] = who.key_id
-    if create["queue"] not in registry.served_queues(session, registry.OFFLINE_AFTER_SECONDS):
+    offline_after = get_settings().worker_offline_after_seconds
+    if create["queue"] not in registry.served_queues(session, offline_after):
         create["message"] = f"waiting on queue {create['queue']}: no online worker serves it"
     if key is not None and (job := _existing(session, key, request_hash)) is not None:
         return job, False

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 
 from api.auth import require
 from api.deps import SessionDep
+from shared.config import get_settings
 from shared.db import registry
 from shared.schemas import ErrorOut, WorkerOut
 
@@ -20,5 +21,8 @@ router = APIRouter(
 @router.get("/workers")
 def list_workers(session: SessionDep) -> list[WorkerOut]:
     """Name, host, pool, queues, devices, versions, last seen, state and current job."""
-    workers: list[WorkerOut] = registry.list_workers(session, registry.OFFLINE_AFTER_SECONDS)
+    settings = get_settings()
+    workers: list[WorkerOut] = registry.list_workers(
+        session, settings.worker_offline_after_seconds, settings.lease_seconds
+    )
     return workers

@@ -14,10 +14,6 @@ from shared.schemas import WorkerOut
 
 from .models import Job, Worker
 
-# A worker renews its row this often; one not seen for OFFLINE_AFTER_SECONDS is offline.
-HEARTBEAT_SECONDS = 5.0
-OFFLINE_AFTER_SECONDS = 20.0
-
 
 def register(session: Session, **fields: Any) -> None:
     """Insert or replace a worker's row (a restarted worker keeps its name)."""
@@ -43,10 +39,15 @@ def stopped(session: Session, name: str) -> None:
     session.execute(sa.update(Worker).where(Worker.name == name).values(stopped_at=now()))
 
 
-def list_workers(session: Session, offline_after_seconds: float) -> list[WorkerOut]:
+def list_workers(
+    session: Session, offline_after_seconds: float, lease_seconds: float = 30.0
+) -> list[WorkerOut]:
     cutoff = now() - timedelta(seconds=offline_after_seconds)
     running = session.execute(
-        sa.select(Job.id, Job.worker).where(Job.state.in_([JobState.running, JobState.cancelling]))
+        sa.select(Job.id, Job.worker).where(
+            Job.state.in_([JobState.running, JobState.cancelling]),
+            Job.heartbeat_at >= now() - timedelta(seconds=lease_seconds),
+        )
     ).all()
     out = []
     for row in session.scalars(sa.select(Worker).order_by(Worker.name)):
