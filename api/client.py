@@ -152,5 +152,9 @@ class Client:
     def model_version(self, name: str, version: int | str = "latest") -> Json:
         return self._call("GET", f"/v1/models/{name}/versions/{version}")
 
+    def workers(self) -> list[Json]:
+        workers: list[Json] = self._request("GET", "/v1/workers")
+        return workers
+
     def ready(self) -> Json:
         return self._call("GET", "/readyz")

@@ -340,4 +340,18 @@ def models_show(ctx: click.Context, name: str, version: str | None) -> None:
         _echo_json(_call(ctx, "model", name))
 
 
-CLIENT_COMMANDS = [train, predict, jobs, models]
+@click.command("workers")
+@click.pass_context
+def workers_list(ctx: click.Context) -> None:
+    """The workers: state, pool, devices, current job."""
+    rows = _call(ctx, "workers")
+    click.echo(f"{'NAME':32}  {'STATE':8}  {'POOL':10}  {'DEVICES':24}  {'LAST SEEN':19}  JOB")
+    for w in rows:
+        devices = ",".join(str(d["index"]) for d in w["devices"]) or "cpu"
+        click.echo(
+            f"{w['name'][:32]:32}  {w['state']:8}  {w['pool'][:10]:10}  {devices[:24]:24}  "
+            f"{w['last_seen_at'][:19]:19}  {w['current_job'] or '-'}"
+        )
+
+
+CLIENT_COMMANDS = [train, predict, jobs, models, workers_list]

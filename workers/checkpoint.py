@@ -1,7 +1,8 @@
 """Training checkpoints: one safetensors file per job, holding the model, the optimizer,
 the random number generators, the early-stopping state and, in its JSON metadata, the
-epoch, the history and the preprocessing. Written atomically (a temporary file, then a
-rename), so a crash leaves the previous checkpoint whole. Nothing is pickled."""
+epoch, the history and the preprocessing. Written atomically (a local store writes a
+temporary file, then renames it; S3 shows an object whole or not at all), so a crash
+leaves the previous checkpoint whole. Nothing is pickled."""
 
 from __future__ import annotations
 

@@ -76,6 +76,7 @@ def test_train_wait_predict_and_inspect(api_url: str, worker: Path, tmp_path: Pa
     assert f"job {job_id} succeeded" in waited.stdout
     assert job_id in tq(api_url, "jobs", "list", "--model", name).stdout
     assert name in tq(api_url, "models", "list").stdout
+    assert "cpu@" in tq(api_url, "workers").stdout
     version = json.loads(tq(api_url, "models", "show", name, "--version", "1").stdout)
     assert version["family"] == "text_lstm"
 
