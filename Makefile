@@ -11,11 +11,11 @@ TORCH ?= torch==2.13.0
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[worker,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[worker,dev]"
 	touch $@
 
 up: install
