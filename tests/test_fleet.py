@@ -8,9 +8,11 @@ import socket
 import time
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import unique
+from ops.embedded_redis import free_port
+from tests.conftest import FLOWER_PASSWORD, unique
 from tests.fleet import Fleet, _wait, _wait_epoch
 
 pytestmark = pytest.mark.slow
@@ -147,3 +149,37 @@ def test_every_job_shows_what_it_cost(api_client: Any, fleet: Fleet) -> None:
     body = {"model_name": job["model_name"], "inputs": [[5.1, 3.5, 1.4, 0.2]] * 3, "wait": 30}
     prediction = api_client.post("/v1/jobs/predict", json=body).json()
     assert prediction["usage"]["samples"] == 3
+
+
+def test_flower_shows_the_job_its_model_and_its_progress(api_client: Any, fleet: Fleet) -> None:
+    port = free_port()
+    fleet.start("flower", "--port", str(port))
+    login = ("flower", FLOWER_PASSWORD)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthcheck", auth=login, timeout=2)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "flower did not start"
+            time.sleep(0.2)
+    fleet.worker()
+    job = _train(
+        api_client,
+        family="text_lstm",
+        dataset={"builtin": "sentiment"},
+        training={"epochs": 400, "batch_size": 4},
+    )
+    _wait_epoch(api_client, job["id"], 2)
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline + 30:
+        info = httpx.get(f"http://127.0.0.1:{port}/api/task/info/{job['id']}", auth=login)
+        seen = info.json() if info.status_code == 200 else {}
+        if seen.get("state") == "PROGRESS":
+            break
+        time.sleep(0.3)
+    assert seen["state"] == "PROGRESS", seen
+    assert seen["result"].startswith("epoch ") and "/400 train_loss=" in seen["result"]
+    assert job["id"] in seen["args"] and job["model_name"] in seen["kwargs"]
+    assert seen["worker"].startswith("cpu@")
+    api_client.post(f"/v1/jobs/{job['id']}/cancel")

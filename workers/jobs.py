@@ -168,8 +168,31 @@ def _progress_writer(job_id: str, worker: str, epochs: int) -> Callable[[dict[st
                 store.set_progress(s, job_id, worker, progress, None)
         except DatabaseError as exc:  # progress is best effort; the outcome is not
             log.warning("could not write the progress of job %s: %s", job_id, exc)
+        _tell_flower(progress)
 
     return write
+
+
+def _tell_flower(progress: dict[str, Any]) -> None:
+    """A ``task-progress`` event: Flower shows the task in state PROGRESS while it trains,
+    with the progress line in its result column (the one free-text field Flower keeps
+    for a task; the task's real result replaces it when it ends)."""
+    from celery import current_task
+
+    task = current_task
+    if task is None or not getattr(task.request, "id", None):
+        return  # called without Celery (tests, benchmarks)
+    shown = " ".join(
+        f"{k}={v:.4g}"
+        for k, v in progress["metrics"].items()
+        if k.startswith(("train_", "val_")) and isinstance(v, int | float)
+    )
+    try:
+        task.send_event(
+            "task-progress", result=f"epoch {progress['epoch']}/{progress['epochs']} {shown}"
+        )
+    except Exception as exc:  # events are a view; never fail a job for one
+        log.debug("could not send a progress event: %s", exc)
 
 
 def _resumed(job_id: str, worker: str) -> Callable[[int], None]:
