@@ -183,3 +183,22 @@ def test_flower_shows_the_job_its_model_and_its_progress(api_client: Any, fleet:
     assert job["id"] in seen["args"] and job["model_name"] in seen["kwargs"]
     assert seen["worker"].startswith("cpu@")
     api_client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_a_two_device_job_trains_data_parallel(api_client: Any, fleet: Fleet) -> None:
+    fleet.worker("--gpus", "0,1", name="gpu0-1@", env=GPUS)
+    job = _train(
+        api_client,
+        resources={"devices": 2},
+        training={"epochs": 60, "learning_rate": 0.01, "batch_size": 16},
+    )
+    done = _wait(api_client, job["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["worker"].startswith(f"gpu0-1@{HOST}:")
+    assert done["result"]["metrics"]["val_accuracy"] >= 0.9
+    assert done["result"]["ranks"] == 2
+    assert done["usage"]["samples"] == 120 * 60
+    versions = api_client.get(f"/v1/models/{job['model_name']}").json()["versions"]
+    assert [v["job_id"] for v in versions] == [job["id"]]
+    log = fleet.log()
+    assert "rank 1" not in log  # the follower reported no error

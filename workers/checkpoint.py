@@ -111,6 +111,11 @@ def decode(data: bytes) -> TrainState:
     )
 
 
+def checkpoint_key(job_id: str) -> str:
+    """Where a job's checkpoint lives in the artifact store."""
+    return f"checkpoints/{job_id}/checkpoint.safetensors"
+
+
 class Checkpointer:
     """Where one job's checkpoint lives, and when the next one is due."""
 

@@ -217,13 +217,13 @@ def run_train_job(job_id: str, worker: str) -> None:
     job = _claim(job_id, worker)
     if job is None:
         return
-    from workers.checkpoint import Checkpointer
+    from workers.checkpoint import Checkpointer, checkpoint_key
     from workers.training import Interrupted
 
     spec = TrainSpec.model_validate(job.spec)
     checkpoints = Checkpointer(
         open_store(),
-        f"checkpoints/{job.id}/checkpoint.safetensors",
+        checkpoint_key(job.id),
         spec.training.checkpoint_every_seconds,
     )
     _TRAINING.set()
@@ -276,7 +276,13 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
     )
     device = torch_device()
     meter = Meter(device)
-    trained = training.train(spec, device=device, hooks=hooks)
+    world = spec.resources.devices
+    if world > 1:
+        from workers.distributed import train_parallel
+
+        trained = train_parallel(spec, job.id, hooks, world, cuda=device.type == "cuda")
+    else:
+        trained = training.train(spec, device=device, hooks=hooks)
     saved = modelio.save(trained, open_store(), f"models/{spec.model_name}/{job.id}")
     result: dict[str, Any] = {
         "metrics": trained.metrics,
@@ -284,6 +290,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
         "best_epoch": trained.best_epoch,
         "epochs_run": len(trained.history),
         "stopped_early": trained.stopped_early,
+        "ranks": world,
         "artifact_uri": saved.uri,
         "sha256": saved.sha256,
     }

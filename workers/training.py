@@ -145,6 +145,39 @@ class Interrupted(Exception):
         self.epoch = epoch
 
 
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel run (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, perm: torch.Tensor) -> torch.Tensor:
+        """Every rank the same number of rows (the remainder waits for the next epoch's
+        shuffle), so that every rank runs the same number of steps."""
+        if self.world == 1:
+            return perm
+        per_rank = len(perm) // self.world
+        return perm[: per_rank * self.world][self.rank :: self.world]
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when any rank says so (the leader hears of a cancel)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def total(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+
 def _train_epoch(
     module: nn.Module,
     head: Head,
@@ -154,14 +187,17 @@ def _train_epoch(
     gen: torch.Generator,
     amp: bool,
     should_stop: Callable[[], bool],
+    dist: Dist,
 ) -> torch.Tensor:
-    """One pass over the training rows; returns the summed loss, still on the device.
-    ``should_stop`` is asked before every batch: cancelling costs at most one batch."""
+    """One pass over the training rows (this rank's share); returns the loss summed over
+    every rank and the rows it covered. ``should_stop`` is asked before every batch:
+    cancelling costs at most one batch."""
     module.train()
-    perm = torch.randperm(len(d.x), generator=gen).to(d.x.device)
-    total = torch.zeros((), device=d.x.device)
+    perm = dist.shard(torch.randperm(len(d.x), generator=gen)).to(d.x.device)
+    batch_size = max(batch_size // dist.world, 1)
+    total = torch.zeros(2, device=d.x.device)
     for start in range(0, len(perm), batch_size):
-        if should_stop():
+        if dist.any(should_stop(), d.x.device):
             raise Interrupted(0)
         idx = perm[start : start + batch_size]
         xb, yb = d.x[idx], d.y[idx]
@@ -171,8 +207,9 @@ def _train_epoch(
         loss = head.loss(out, yb)
         loss.backward()
         opt.step()
-        total += loss.detach() * len(idx)
-    return total
+        total[0] += loss.detach() * len(idx)
+        total[1] += len(idx)
+    return dist.total(total)
 
 
 def _never() -> bool:
@@ -202,6 +239,9 @@ class _Run:
     input_schema: dict[str, Any]
     tr: _Data
     va: _Data
+    # ``net`` is the model; ``module`` is what trains it (``net`` itself, or a
+    # DistributedDataParallel around it).
+    net: nn.Module
     module: nn.Module
     head: Head
     opt: torch.optim.Optimizer
@@ -238,6 +278,7 @@ def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -
         input_schema=builder.input_schema(pre),
         tr=tr,
         va=va,
+        net=module,
         module=module,
         head=Head(head_kind),
         opt=_optimizer(spec, module),
@@ -248,31 +289,31 @@ def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -
     )
 
 
-def _epoch(run: _Run, epoch: int, hooks: Hooks) -> dict[str, Any]:
+def _epoch(run: _Run, epoch: int, hooks: Hooks, dist: Dist) -> dict[str, Any]:
     started = time.perf_counter()
     t = run.spec.training
     try:
-        total = float(
-            _train_epoch(
-                run.module,
-                run.head,
-                run.opt,
-                run.tr,
-                t.batch_size,
-                run.gen,
-                run.amp,
-                hooks.should_stop,
-            )
+        summed = _train_epoch(
+            run.module,
+            run.head,
+            run.opt,
+            run.tr,
+            t.batch_size,
+            run.gen,
+            run.amp,
+            hooks.should_stop,
+            dist,
         )
     except Interrupted:
         raise Interrupted(epoch) from None
+    total, rows = float(summed[0]), max(float(summed[1]), 1.0)
     if not math.isfinite(total):
         raise NonFiniteLoss(
             f"the training loss became {total} in epoch {epoch}; "
             "try a lower learning rate or standardized inputs"
         )
-    record = {"epoch": epoch, "train_loss": total / len(run.tr.x)}
-    record |= _scores(run.module, run.head, run.tr, run.va, run.target, run.amp, run.baseline)
+    record = {"epoch": epoch, "train_loss": total / rows}
+    record |= _scores(run.net, run.head, run.tr, run.va, run.target, run.amp, run.baseline)
     record["seconds"] = round(time.perf_counter() - started, 4)
     return record | hooks.record_extra
 
@@ -283,37 +324,47 @@ def train(
     device: torch.device | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     hooks: Hooks | None = None,
+    dist: Dist | None = None,
 ) -> Trained:
     """Train ``spec`` to the end (or early stop), resuming from the checkpoint when there
-    is one; raise ``BadData``, ``NonFiniteLoss`` or ``Interrupted``."""
+    is one; raise ``BadData``, ``NonFiniteLoss`` or ``Interrupted``.
+
+    With ``dist`` (a process group already set up), this is one rank of a data-parallel
+    run: every rank trains on its share of each batch and evaluates the whole data (so
+    that all take the same early-stopping decisions); only the leader writes checkpoints
+    and reports progress."""
     hooks = hooks or Hooks()
-    on_epoch = on_epoch or hooks.on_epoch
+    dist = dist or Dist()
+    on_epoch = (on_epoch or hooks.on_epoch) if dist.leader else None
     resume = _usable(hooks.checkpointer, spec)
     run = _prepare(spec, device or torch.device("cpu"), resume)
     history: list[dict[str, Any]] = []
     first = 1
     if resume is not None:
         history, first = _restore(resume, run), resume.epoch + 1
-        if hooks.on_resume is not None:
+        if hooks.on_resume is not None and dist.leader:
             hooks.on_resume(resume.epoch)
+    if dist.world > 1:
+        run.module = torch.nn.parallel.DistributedDataParallel(run.net)
 
     for epoch in range(first, spec.training.epochs + 1):
         if run.stopper.stopped:
             break
-        record = _epoch(run, epoch, hooks)
+        record = _epoch(run, epoch, hooks, dist)
         history.append(record)
-        run.stopper.should_stop(record, run.module)
-        if hooks.checkpointer is not None and hooks.checkpointer.due(final=run.stopper.stopped):
-            hooks.checkpointer.save(_state(epoch, run, history))
+        run.stopper.should_stop(record, run.net)
+        saving = hooks.checkpointer is not None and dist.leader
+        if saving and hooks.checkpointer.due(final=run.stopper.stopped):  # type: ignore[union-attr]
+            hooks.checkpointer.save(_state(epoch, run, history))  # type: ignore[union-attr]
         # After the checkpoint: progress that shows epoch k means a crash resumes from k.
         if on_epoch is not None:
             on_epoch(record)
 
-    best_epoch = run.stopper.restore(run.module) or len(history)
+    best_epoch = run.stopper.restore(run.net) or len(history)
     hidden = ("seconds", *hooks.record_extra)
     return Trained(
         spec=spec,
-        module=run.module.eval(),
+        module=run.net.eval(),
         preprocessor=run.pre,
         target=run.target,
         input_schema=run.input_schema,
@@ -343,7 +394,7 @@ def _state(epoch: int, run: _Run, history: list[dict[str, Any]]) -> TrainState:
     best = run.stopper.best
     return TrainState(
         epoch=epoch,
-        model=run.module.state_dict(),
+        model=run.net.state_dict(),
         optimizer=run.opt.state_dict(),
         rng=torch.get_rng_state(),
         shuffle_rng=run.gen.get_state(),
@@ -360,7 +411,7 @@ def _state(epoch: int, run: _Run, history: list[dict[str, Any]]) -> TrainState:
 
 
 def _restore(state: TrainState, run: _Run) -> list[dict[str, Any]]:
-    run.module.load_state_dict(state.model)
+    run.net.load_state_dict(state.model)
     run.opt.load_state_dict(state.optimizer)
     torch.set_rng_state(state.rng)
     run.gen.set_state(state.shuffle_rng)
