@@ -15,7 +15,16 @@ import pytest
 import redis
 
 from ops import embedded_redis
-from tests.conftest import reset_caches, start_process, stop_process, wait_for_worker
+from shared.db.migrate import upgrade
+from shared.db.session import get_engine
+from tests.conftest import (
+    _drop_postgres,
+    _fresh_postgres,
+    reset_caches,
+    start_process,
+    stop_process,
+    wait_for_worker,
+)
 
 FAST_LEASES = {
     "TORCHQUEUE_LEASE_SECONDS": "2",
@@ -62,8 +71,18 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
+    """A Redis and a database of the fleet's own: the reaper re-sends every stale queued
+    job it finds, and other tests leave plenty of those behind."""
     redis_proc, url = embedded_redis.start(tmp_path / "redis")
-    for key, value in {**FAST_LEASES, "TORCHQUEUE_REDIS_URL": url}.items():
+    admin = os.environ.get("TORCHQUEUE_TEST_DATABASE_URL")
+    pg_name = None
+    if admin:
+        db_url, pg_name = _fresh_postgres(admin)
+    else:
+        db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    upgrade(db_url)
+    env = {**FAST_LEASES, "TORCHQUEUE_REDIS_URL": url, "TORCHQUEUE_DATABASE_URL": db_url}
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     reset_caches()
     logs = tmp_path / "logs"
@@ -78,6 +97,9 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
         redis_proc.wait()
         monkeypatch.undo()
         reset_caches()
+        get_engine(db_url).dispose()
+        if admin and pg_name:
+            _drop_postgres(admin, pg_name)
 
 
 def _wait(

@@ -83,6 +83,8 @@ class Meter:
             energy = None if now is None else (now - self.energy) / 1000
         return {
             "device": name,
+            # The training loop autocasts to bfloat16 on GPUs (workers/training.py).
+            "precision": "bf16 autocast" if self.device.type == "cuda" else "fp32",
             "wall_seconds": round(wall, 4),
             "device_seconds": round(device_seconds, 4),
             "peak_memory_bytes": peak,
