@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from ops import embedded_redis
 from shared.celery_app import get_celery
 from shared.config import get_settings
-from shared.db.session import get_engine
+from shared.db.session import dispose_engines
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = secrets.token_urlsafe(32)
@@ -93,7 +93,7 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         else:
             os.environ[key] = value
     reset_caches()
-    get_engine(db_url).dispose()
+    dispose_engines()
     if pg_url and pg_name:
         _drop_postgres(pg_url, pg_name)
     if redis_proc is not None:

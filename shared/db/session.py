@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-@lru_cache(maxsize=8)
+# One engine per URL for the life of the process (a process uses one or two URLs; an
+# engine dropped from a bounded cache would leave its pooled connections open).
+@cache
 def _engine(url: str) -> sa.Engine:
     _OPENED.add(url)
     if url.startswith("sqlite"):
@@ -50,7 +52,7 @@ def _engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-@lru_cache(maxsize=8)
+@cache
 def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(_engine(url), expire_on_commit=False)
 
@@ -63,6 +65,12 @@ def after_fork() -> None:
 
 
 _OPENED: set[str] = set()
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of this process (at the end of a test session)."""
+    for url in list(_OPENED):
+        _engine(url).dispose()
 
 
 @contextmanager
