@@ -26,16 +26,17 @@ CASES = [
 ]
 
 
-def _env(home: Path) -> None:
+def _env(home: Path) -> subprocess.Popen[bytes]:
     from ops import embedded_redis
 
-    _, url = embedded_redis.start(home / "redis")
+    redis, url = embedded_redis.start(home / "redis")
     os.environ.update(
         TORCHQUEUE_HOME=str(home),
         TORCHQUEUE_REDIS_URL=url,
         TORCHQUEUE_AUTH="off",
         TORCHQUEUE_PROGRESS_INTERVAL_SECONDS="5",
     )
+    return redis
 
 
 def _submit(family: str, dataset: str, training: dict[str, Any]) -> str:
@@ -138,7 +139,7 @@ def main() -> int:
         print("no GPU found (NVML, nvidia-smi); run with --cpu to check the path on the CPU")
         return 2
     with tempfile.TemporaryDirectory(prefix="tq-gpu-check-") as tmp:
-        _env(Path(tmp))
+        redis = _env(Path(tmp))
         from shared.db.migrate import upgrade
 
         upgrade()
@@ -155,6 +156,8 @@ def main() -> int:
         finally:
             worker.terminate()
             worker.wait(60)
+            redis.terminate()
+            redis.wait(10)
     print(
         f"{'case':22} {'device':28} {'precision':14} {'torchqueue':>12} {'plain loop':>12} "
         f"{'ratio':>6} {'val':>6}"
