@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from ops import embedded_redis
 from shared.celery_app import get_celery
 from shared.config import get_settings
-from shared.db.session import dispose_engines
+from shared.db.session import dispose_engines, get_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = secrets.token_urlsafe(32)
@@ -46,6 +46,26 @@ def _drop_postgres(url: str, name: str) -> None:
     admin.dispose()
 
 
+def fresh_database(directory: Path) -> tuple[str, Callable[[], None]]:
+    """A new database at the latest schema, and what removes it: a PostgreSQL database
+    beside TORCHQUEUE_TEST_DATABASE_URL when that is set, else a SQLite file."""
+    from shared.db.migrate import upgrade
+
+    admin = os.environ.get("TORCHQUEUE_TEST_DATABASE_URL")
+    if admin:
+        url, name = _fresh_postgres(admin)
+    else:
+        url = f"sqlite:///{directory / f'torchqueue-{uuid.uuid4().hex[:8]}.db'}"
+    upgrade(url)
+
+    def remove() -> None:
+        get_engine(url).dispose()
+        if admin:
+            _drop_postgres(admin, name)
+
+    return url, remove
+
+
 def reset_caches() -> None:
     get_settings.cache_clear()
     get_celery.cache_clear()
@@ -61,12 +81,7 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     if not redis_url:
         redis_proc, redis_url = embedded_redis.start(home / "redis")
     redis.Redis.from_url(redis_url).flushdb()
-    pg_url = os.environ.get("TORCHQUEUE_TEST_DATABASE_URL")
-    pg_name = None
-    if pg_url:
-        db_url, pg_name = _fresh_postgres(pg_url)
-    else:
-        db_url = f"sqlite:///{home / 'torchqueue.db'}"
+    db_url, remove_database = fresh_database(home)
     env = {
         "TORCHQUEUE_HOME": str(home),
         "TORCHQUEUE_REDIS_URL": redis_url,
@@ -83,9 +98,6 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     reset_caches()
-    from shared.db.migrate import upgrade
-
-    upgrade()
     yield env
     for key, value in saved.items():
         if value is None:
@@ -93,9 +105,8 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         else:
             os.environ[key] = value
     reset_caches()
+    remove_database()
     dispose_engines()
-    if pg_url and pg_name:
-        _drop_postgres(pg_url, pg_name)
     if redis_proc is not None:
         redis_proc.terminate()
         redis_proc.wait(10)

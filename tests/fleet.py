@@ -15,11 +15,8 @@ import pytest
 import redis
 
 from ops import embedded_redis
-from shared.db.migrate import upgrade
-from shared.db.session import get_engine
 from tests.conftest import (
-    _drop_postgres,
-    _fresh_postgres,
+    fresh_database,
     reset_caches,
     start_process,
     stop_process,
@@ -74,13 +71,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
     """A Redis and a database of the fleet's own: the reaper re-sends every stale queued
     job it finds, and other tests leave plenty of those behind."""
     redis_proc, url = embedded_redis.start(tmp_path / "redis")
-    admin = os.environ.get("TORCHQUEUE_TEST_DATABASE_URL")
-    pg_name = None
-    if admin:
-        db_url, pg_name = _fresh_postgres(admin)
-    else:
-        db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
-    upgrade(db_url)
+    db_url, remove_database = fresh_database(tmp_path)
     env = {**FAST_LEASES, "TORCHQUEUE_REDIS_URL": url, "TORCHQUEUE_DATABASE_URL": db_url}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -97,9 +88,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
         redis_proc.wait()
         monkeypatch.undo()
         reset_caches()
-        get_engine(db_url).dispose()
-        if admin and pg_name:
-            _drop_postgres(admin, pg_name)
+        remove_database()
 
 
 def _wait(
