@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import TorchqueueError
@@ -77,6 +78,12 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    log.error("database error: %s", exc)
+    body = {"type": "unavailable", "detail": "the database cannot be reached; try again"}
+    return JSONResponse(body, status_code=503)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(
@@ -89,4 +96,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(TorchqueueError, _ours)
     app.add_exception_handler(StarletteHTTPException, _http)
+    # A database that stops answering mid-request (connection refused, server restart).
+    app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -54,3 +54,13 @@ def test_a_job_submitted_while_redis_is_down_is_kept(api_client: Any, broken: An
     assert job["state"] == "queued"
     assert "waiting to be sent" in job["message"] and "broker" in job["message"]
     assert api_client.get(f"/v1/jobs/{job['id']}").json()["message"] == job["message"]
+
+
+def test_routes_answer_503_while_the_database_is_down(api_client: Any, broken: Any) -> None:
+    broken("TORCHQUEUE_DATABASE_URL", f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
+    for path in ("/v1/jobs", "/v1/models", "/v1/workers"):
+        response = api_client.get(path)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["type"] == "unavailable"
+    scoped = {"Authorization": "Bearer tq_000000000000_" + "x" * 43}  # checked in the database
+    assert api_client.get("/v1/jobs", headers=scoped).status_code == 503
