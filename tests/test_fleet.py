@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from ops.embedded_redis import free_port
+from shared.celery_app import get_celery
 from tests.conftest import FLOWER_PASSWORD, unique
 from tests.fleet import Fleet, _wait, _wait_epoch
 
@@ -100,6 +101,10 @@ def test_predictions_finish_while_a_long_training_runs(api_client: Any, fleet: F
     assert answer.status_code == 200 and answer.json()["state"] == "succeeded"
     assert answer.json()["worker"].startswith(f"cpu-predict@{HOST}:")
     assert api_client.get(f"/v1/jobs/{long['id']}").json()["state"] == "running"
+    # The training worker's main loop stays responsive: it answers control commands
+    # (what keeps it online in Flower) while its child trains.
+    replies = get_celery().control.ping(destination=[f"cpu@{HOST}"], timeout=2)
+    assert replies == [{f"cpu@{HOST}": {"ok": "pong"}}]
     api_client.post(f"/v1/jobs/{long['id']}/cancel")
 
 
