@@ -127,6 +127,21 @@ def api_client() -> Iterator[Any]:
         yield client
 
 
+@pytest.fixture(scope="session")
+def trained() -> Any:
+    """A tiny text_lstm, trained for two epochs on two sentences."""
+    from shared.schemas import TrainRequest, resolve_train
+    from workers.training import train
+
+    body = {
+        "model_name": "tiny",
+        "family": "text_lstm",
+        "dataset": {"inline": {"inputs": ["good film", "bad film"], "labels": [1, 0]}},
+        "training": {"epochs": 2},
+    }
+    return train(resolve_train(TrainRequest.model_validate(body)))
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

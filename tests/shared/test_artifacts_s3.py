@@ -224,21 +224,6 @@ def test_importing_the_store_does_not_import_s3fs() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
-@pytest.fixture(scope="module")
-def trained() -> Trained:
-    spec = resolve_train(
-        TrainRequest.model_validate(
-            {
-                "model_name": "tiny",
-                "family": "text_lstm",
-                "dataset": {"inline": {"inputs": ["good film", "bad film"], "labels": [1, 0]}},
-                "training": {"epochs": 2},
-            }
-        )
-    )
-    return train(spec)
-
-
 def test_a_model_round_trips_through_s3(trained: Trained, store: S3ArtifactStore, s3: S3) -> None:
     saved = modelio.save(trained, store, "models/tiny/job1")
     assert saved.uri == f"{s3.url}/models/tiny/job1"

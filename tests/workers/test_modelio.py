@@ -7,24 +7,8 @@ import pytest
 
 from shared.artifacts import LocalArtifactStore, sha256_hex
 from shared.errors import ModelLoadError
-from shared.schemas import TrainRequest, resolve_train
 from workers import modelio
-from workers.training import Trained, train
-
-
-@pytest.fixture(scope="module")
-def trained() -> Trained:
-    spec = resolve_train(
-        TrainRequest.model_validate(
-            {
-                "model_name": "tiny",
-                "family": "text_lstm",
-                "dataset": {"inline": {"inputs": ["good film", "bad film"], "labels": [1, 0]}},
-                "training": {"epochs": 2},
-            }
-        )
-    )
-    return train(spec)
+from workers.training import Trained
 
 
 def test_a_model_round_trips_with_its_checksum(trained: Trained, tmp_path: Path) -> None:
