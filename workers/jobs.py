@@ -165,7 +165,7 @@ def _progress_writer(job_id: str, worker: str, epochs: int) -> Callable[[dict[st
         }
         try:
             with session_scope() as s:
-                store.set_progress(s, job_id, worker, progress, None)
+                store.set_progress(s, job_id, worker, progress)
         except DatabaseError as exc:  # progress is best effort; the outcome is not
             log.warning("could not write the progress of job %s: %s", job_id, exc)
         _tell_flower(progress)

@@ -172,13 +172,10 @@ def renew_lease(session: Session, job_id: str, worker: str) -> JobState | None:
     return session.scalar(sa.select(Job.state).where(Job.id == job_id))
 
 
-def set_progress(
-    session: Session, job_id: str, worker: str, progress: dict[str, Any], message: str | None
-) -> bool:
+def set_progress(session: Session, job_id: str, worker: str, progress: dict[str, Any]) -> bool:
     """Record progress of a running job; False when the job is no longer this worker's."""
-    values: dict[str, Any] = {"progress": progress, "heartbeat_at": now(), "updated_at": now()}
-    if message is not None:
-        values["message"] = message
+    stamp = now()
+    values = {"progress": progress, "heartbeat_at": stamp, "updated_at": stamp}
     result = session.execute(
         sa.update(Job)
         .where(
