@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 #   $(PY) -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 TORCH ?= torch==2.13.0
 
-.PHONY: install up test test-quick lint clean
+.PHONY: install up test test-quick lint bench clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ lint: install
 
 test: lint
 	$(VENV)/bin/pytest
+
+# Figures side by side with baselines measured in the same run (a few minutes).
+bench: install
+	$(VENV)/bin/python -m ops.bench.suite
 
 test-quick: install
 	$(VENV)/bin/pytest -m "not slow"

@@ -82,7 +82,7 @@ def _wait(job_id: str, timeout: float = 1800) -> Any:
     raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
 
 
-def _plain_loop(family: str, dataset: str, training: dict[str, Any], device: str) -> float:
+def plain_loop(family: str, dataset: str, training: dict[str, Any], device: str) -> float:
     """Samples/s of a plain loop: same model, tensors, epochs and batch size."""
     import torch
     from torch import nn
@@ -178,7 +178,7 @@ def _check(case: tuple[str, str, dict[str, Any]], device: str) -> tuple[Any, ...
     usage = job.usage or {}
     train_seconds = sum(r["seconds"] for r in job.result["history"])
     samples_per_second = usage["samples"] / train_seconds
-    baseline = _plain_loop(family, dataset, training, device)
+    baseline = plain_loop(family, dataset, training, device)
     metrics = job.result["metrics"]
     return (
         f"{family}/{dataset}",

@@ -1,0 +1,133 @@
+"""The processes the suite needs, started the way the tests start them, and stopped (whole
+process groups) with the temporary home, even on error."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ops import embedded_redis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class System:
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="tq-bench-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis_url = ""
+        self.bench_url = ""
+        self.api_url = ""
+
+    def start(self) -> None:
+        redis_proc, url = embedded_redis.start(self.home / "redis")
+        self.procs.append(redis_proc)
+        self.redis_url = url
+        self.bench_url = url.rsplit("/", 1)[0] + "/1"
+        db_url = f"sqlite:///{self.home / 'torchqueue.db'}"
+        os.environ.update(
+            TORCHQUEUE_HOME=str(self.home),
+            TORCHQUEUE_REDIS_URL=url,
+            TORCHQUEUE_DATABASE_URL=db_url,
+            TORCHQUEUE_ARTIFACTS_URL=str(self.home / "artifacts"),
+            TORCHQUEUE_AUTH="off",
+            TORCHQUEUE_PROGRESS_INTERVAL_SECONDS="5",
+            TORCHQUEUE_TORCH_THREADS="1",
+            TORCHQUEUE_BENCH_REDIS_URL=self.bench_url,
+        )
+        from shared.celery_app import get_celery
+        from shared.config import get_settings
+        from shared.db.migrate import upgrade
+
+        get_settings.cache_clear()
+        get_celery.cache_clear()
+        upgrade(db_url)
+        port = embedded_redis.free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        self._spawn("api", ["-m", "ops.cli", "api", "--port", str(port)])
+        self._spawn("predict", ["-m", "ops.cli", "worker", "--cpu", "--queues", "predict"])
+        self._spawn("train", ["-m", "ops.cli", "worker", "--cpu", "--queues", "train"])
+        naive = ["-m", "celery", "-A", "ops.bench.naive", "worker", "--pool", "threads"]
+        naive += ["-c", "4", "--without-mingle", "--without-gossip", "-Q", "bench"]
+        naive += ["--loglevel", "WARNING", "-n", "naive@%h"]
+        self._spawn("naive", naive)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        with (self.home / f"{name}.log").open("ab") as out:
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, *argv],
+                    cwd=ROOT,
+                    env=dict(os.environ),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                logs = "\n".join(
+                    f"--- {p.name}\n{p.read_text()[-2000:]}" for p in self.home.glob("*.log")
+                )
+                raise RuntimeError(f"a process exited ({proc.args!r}):\n{logs}")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until the API answers /readyz and all three workers answer a ping."""
+        from ops.bench import naive
+        from shared.celery_app import get_celery
+
+        deadline = time.monotonic() + timeout
+        checks: list[tuple[str, Callable[[], bool]]] = [
+            ("api", self._api_ready),
+            ("torchqueue workers", lambda: _pings(get_celery(), "cpu") >= 2),
+            ("naive worker", lambda: _pings(naive.app, "naive") >= 1),
+        ]
+        for what, check in checks:
+            while not check():
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{what} not ready within {timeout} s; logs in {self.home}")
+                time.sleep(0.3)
+
+    def _api_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _pings(app: Any, prefix: str) -> int:
+    replies = app.control.ping(timeout=0.5) or []
+    return sum(1 for reply in replies for name in reply if name.startswith(prefix))
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
