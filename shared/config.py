@@ -42,8 +42,6 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = None
     max_request_mb: float = 16.0
     max_model_params: int = 20_000_000
-    # Prediction requests with `wait` poll the job row at this interval.
-    wait_poll_seconds: float = 0.05
     max_wait_seconds: float = 300.0
     # Threads torch may use in one worker process (0: let torch decide).
     torch_threads: int = 0

@@ -12,3 +12,5 @@ TASK_PREDICT = "torchqueue.predict"
 
 # Kombu keeps its own keys in the broker database; ours carry this prefix.
 REDIS_PREFIX = "torchqueue:"
+# Published when a job ends, so that a caller waiting for it wakes at once.
+JOB_DONE_CHANNEL = REDIS_PREFIX + "job-done:"

@@ -77,10 +77,21 @@ def test_a_second_training_makes_version_two(api_client: Any, worker: Path) -> N
     done = wait_job(api_client, response.json()["id"])
     assert done["model_version"] == 1
     assert done["result"]["outputs"][0]["label"] == 0
-    # A wait that runs out answers 202 with the job to poll.
-    response = api_client.post("/v1/jobs/predict", json=body | {"wait": 0})
+    # A wait that runs out answers 202 with the job to poll: here the prediction waits
+    # behind a training on the session's only worker.
+    long = {
+        "model_name": unique("long"),
+        "family": "text_lstm",
+        "dataset": {"builtin": "sentiment"},
+        "training": {"epochs": 500, "batch_size": 2},
+    }
+    blocker = api_client.post("/v1/jobs/train", json=long).json()
+    while api_client.get(f"/v1/jobs/{blocker['id']}").json()["state"] != "running":
+        time.sleep(0.05)
+    response = api_client.post("/v1/jobs/predict", json=body | {"wait": 0.5})
     assert response.status_code == 202
-    assert response.json()["state"] in ("queued", "running")
+    assert response.json()["state"] == "queued"
+    api_client.post(f"/v1/jobs/{blocker['id']}/cancel")
     assert wait_job(api_client, response.json()["id"])["state"] == "succeeded"
     bad = {"model_name": name, "inputs": [[1.0, 2.0]]}
     response = api_client.post("/v1/jobs/predict", json=bad)

@@ -23,6 +23,7 @@ import redis
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
+from shared import notify
 from shared.artifacts import open_store
 from shared.config import get_settings
 from shared.db import store
@@ -132,6 +133,7 @@ def _fail(job_id: str, worker: str, exc: BaseException) -> None:
         store.finish_job(
             s, job_id, JobState.failed, worker=worker, error=error, message=error["message"]
         )
+    notify.job_done(job_id)
 
 
 def _give_back(job: JobOut, worker: str, reason: str) -> None:
@@ -257,6 +259,7 @@ def _interrupted(job: JobOut, worker: str, lease: Lease, epoch: int, saved: int)
                 worker=worker,
                 message=f"cancelled during epoch {epoch}{kept}",
             )
+        notify.job_done(job.id)
         return
     _give_back(job, worker, f"{worker} shut down during epoch {epoch}; requeued{kept}")
 
@@ -324,6 +327,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
         if not finished:  # taken away meanwhile: register nothing
             s.rollback()
             return False
+    notify.job_done(job.id)
     log.info("job %s made %s version %d", job.id, spec.model_name, version.version)
     return True
 
@@ -353,6 +357,7 @@ def run_predict_job(job_id: str, worker: str) -> None:
                 message=f"{len(outputs)} outputs",
                 usage=meter.finish(len(outputs)),
             )
+        notify.job_done(job_id)
     except TRANSIENT as exc:
         _give_back(job, worker, f"transient error on {worker}: {exc}; requeued")
     except Exception as exc:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
@@ -22,6 +20,7 @@ from shared.db.session import session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, InvalidSpec, Unavailable
 from shared.jobstate import JobKind, JobState
+from shared.notify import wait_until_done
 from shared.routing import predict_queue, train_queue
 from shared.schemas import (
     MAX_OFFSET,
@@ -184,11 +183,14 @@ async def submit_predict(
     if req.wait is None:
         response.status_code = 201 if created else 200
         return job
-    deadline = time.monotonic() + req.wait
-    while not job.state.is_terminal() and time.monotonic() < deadline:
-        await asyncio.sleep(settings.wait_poll_seconds)
+
+    async def done() -> bool:
+        nonlocal job
         job = await run_in_threadpool(_read, job.id)
-    response.status_code = 200 if job.state.is_terminal() else 202
+        return job.state.is_terminal()
+
+    ended = await wait_until_done(job.id, done, req.wait)
+    response.status_code = 200 if ended else 202
     return job
 
 
