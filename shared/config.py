@@ -45,8 +45,10 @@ class Settings(BaseSettings):
     max_wait_seconds: float = 300.0
     # Threads torch may use in one worker process (0: let torch decide).
     torch_threads: int = 0
-    # Models kept loaded per prediction worker process.
+    # Models kept loaded per prediction worker process: at most this many, taking at most
+    # this much memory for their weights.
     model_cache_size: int = 8
+    model_cache_mb: float = 1024.0
     # Progress is written at most this often during training.
     progress_interval_seconds: float = 1.0
     # A running job's lease: renewed every `heartbeat_seconds` by its worker; a job whose
