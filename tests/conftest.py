@@ -142,6 +142,20 @@ def trained() -> Any:
     return train(resolve_train(TrainRequest.model_validate(body)))
 
 
+@pytest.fixture
+def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], None]]:
+    """Change one setting for a test, through the environment, as a process would see it."""
+
+    def put(name: str, value: str) -> None:
+        monkeypatch.setenv(name, value)
+        reset_caches()
+
+    yield put
+    monkeypatch.undo()
+    reset_caches()
+    assert os.environ.get("TORCHQUEUE_REDIS_URL")
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

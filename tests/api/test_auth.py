@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.db import keys
 from shared.db.models import ApiKey
 from shared.db.session import session_scope
-from tests.conftest import ROOT, reset_caches, unique
+from tests.conftest import ROOT, unique
 
 TRAIN = {"model_name": "auth", "family": "mlp", "dataset": {"builtin": "iris"}}
 # The scopes each /v1 route needs; a route missing here fails the test below.
@@ -152,17 +152,6 @@ def test_placeholder_secrets_are_refused() -> None:
     for weak in ("short", "change-me-to-something-long"):
         with pytest.raises(ValidationError, match="placeholder"):
             Settings(bootstrap_key=weak)
-
-
-@pytest.fixture
-def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    def put(name: str, value: str) -> None:
-        monkeypatch.setenv(name, value)
-        reset_caches()
-
-    yield put
-    monkeypatch.undo()
-    reset_caches()
 
 
 def test_auth_off_is_open_and_warns(setting: Any, caplog: pytest.LogCaptureFixture) -> None:

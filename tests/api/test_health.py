@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import pytest
-
 from ops.embedded_redis import free_port
-from tests.conftest import reset_caches, unique
+from tests.conftest import unique
 
 
 def test_healthz_and_readyz(api_client: Any) -> None:
@@ -16,20 +13,8 @@ def test_healthz_and_readyz(api_client: Any) -> None:
     assert ready.json()["database"] == "ok" and ready.json()["redis"] == "ok"
 
 
-@pytest.fixture
-def broken(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def breaks(name: str, value: str) -> None:
-        monkeypatch.setenv(name, value)
-        reset_caches()
-
-    yield breaks
-    monkeypatch.undo()
-    reset_caches()
-    assert os.environ.get("TORCHQUEUE_REDIS_URL")
-
-
-def test_readyz_says_when_redis_is_down(api_client: Any, broken: Any) -> None:
-    broken("TORCHQUEUE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+def test_readyz_says_when_redis_is_down(api_client: Any, setting: Any) -> None:
+    setting("TORCHQUEUE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     response = api_client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["redis"].startswith("unreachable")
@@ -37,16 +22,16 @@ def test_readyz_says_when_redis_is_down(api_client: Any, broken: Any) -> None:
     assert "redis" in response.json()["detail"]
 
 
-def test_readyz_says_when_the_database_is_down(api_client: Any, broken: Any) -> None:
-    broken("TORCHQUEUE_DATABASE_URL", f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
+def test_readyz_says_when_the_database_is_down(api_client: Any, setting: Any) -> None:
+    setting("TORCHQUEUE_DATABASE_URL", f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
     response = api_client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["database"].startswith("unreachable")
     assert response.json()["redis"] == "ok"
 
 
-def test_a_job_submitted_while_redis_is_down_is_kept(api_client: Any, broken: Any) -> None:
-    broken("TORCHQUEUE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+def test_a_job_submitted_while_redis_is_down_is_kept(api_client: Any, setting: Any) -> None:
+    setting("TORCHQUEUE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     body = {"model_name": unique("down"), "family": "mlp", "dataset": {"builtin": "iris"}}
     response = api_client.post("/v1/jobs/train", json=body)
     assert response.status_code == 201
@@ -56,8 +41,8 @@ def test_a_job_submitted_while_redis_is_down_is_kept(api_client: Any, broken: An
     assert api_client.get(f"/v1/jobs/{job['id']}").json()["message"] == job["message"]
 
 
-def test_routes_answer_503_while_the_database_is_down(api_client: Any, broken: Any) -> None:
-    broken("TORCHQUEUE_DATABASE_URL", f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
+def test_routes_answer_503_while_the_database_is_down(api_client: Any, setting: Any) -> None:
+    setting("TORCHQUEUE_DATABASE_URL", f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
     for path in ("/v1/jobs", "/v1/models", "/v1/workers"):
         response = api_client.get(path)
         assert response.status_code == 503, (path, response.text)
