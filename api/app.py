@@ -10,20 +10,23 @@ from fastapi import FastAPI
 
 from api import errors
 from api.limits import BodyLimit
-from api.routes import health, jobs, models, workers
+from api.routes import health, jobs, models, predict, workers
+from api.serving import Batcher
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")
 
 
 @asynccontextmanager
-async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if get_settings().auth == "off":
         log.warning(
             "TORCHQUEUE_AUTH=off: the API accepts every request without a key; "
             "for local experiments only"
         )
+    app.state.batcher = Batcher()
     yield
+    await app.state.batcher.close()
 
 
 def create_app() -> FastAPI:
@@ -39,5 +42,6 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(predict.router)
     app.include_router(workers.router)
     return app

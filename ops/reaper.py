@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from shared.config import get_settings
-from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
+from shared.constants import JOBS_HEADER, QUEUE_PREDICT, QUEUE_TRAIN
 from shared.db import lifecycle
 from shared.db.session import session_scope
 from shared.enqueue import send_job
@@ -34,27 +34,34 @@ log = logging.getLogger("torchqueue.reaper")
 LOCK = "reaper"
 
 
-def _task_id(raw: bytes | str) -> str | None:
+def _job_ids(raw: bytes | str, carried: bool = True) -> list[str]:
+    """The jobs a message stands for: its task id, and with ``carried`` the jobs of a
+    batch of sync predictions."""
     try:
         message: Any = json.loads(raw)
     except ValueError:
-        return None
+        return []
     if isinstance(message, list):  # an unacknowledged delivery: [message, exchange, key]
         message = message[0] if message else {}
     if not isinstance(message, dict):
-        return None
-    task_id = message.get("headers", {}).get("id")
-    return str(task_id) if task_id else None
+        return []
+    headers = message.get("headers") or {}
+    ids = [headers.get("id"), *(headers.get(JOBS_HEADER) or [] if carried else [])]
+    return [str(i) for i in ids if i]
 
 
 def broker_job_ids(client: redis.Redis) -> set[str]:
     """The job ids of every message the broker holds: waiting in a queue (any priority)
-    or delivered and not yet acknowledged."""
+    or delivered and not yet acknowledged. A batch of sync predictions counts only while
+    it waits: delivered, it is done in moments, so one whose jobs are still queued a
+    minute later was taken by a worker that died."""
     ids: set[str] = set()
     for queue in (QUEUE_TRAIN, QUEUE_PREDICT):
         for key in client.scan_iter(match=f"{queue}*", _type="list"):
-            ids.update(filter(None, map(_task_id, client.lrange(key, 0, -1))))
-    ids.update(filter(None, map(_task_id, client.hvals("unacked"))))
+            for raw in client.lrange(key, 0, -1):
+                ids.update(_job_ids(raw))
+    for raw in client.hvals("unacked"):
+        ids.update(_job_ids(raw, carried=False))
     return ids
 
 

@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     # this much memory for their weights.
     model_cache_size: int = 8
     model_cache_mb: float = 1024.0
+    # Dynamic batching of sync predictions (`POST /v1/models/{name}/predict`), unless the
+    # model sets its own: the API sends concurrent requests for one model version as one
+    # message of at most `max_batch_size` rows, waiting at most `max_wait_ms` for more
+    # while a batch of the same model is already on its way (an idle model's request goes
+    # at once).
+    max_batch_size: int = Field(default=256, ge=1, le=100_000)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=10_000)
+    # How long the sync route waits for the outputs before answering 202 with the job.
+    predict_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Served predictions are recorded in the database by a writer thread of the worker, in
+    # one transaction per this many milliseconds (or rows), off the request's path; a
+    # clean shutdown writes what is pending.
+    result_flush_ms: float = Field(default=50.0, ge=0, le=60_000)
+    result_flush_rows: int = Field(default=2000, ge=1)
     # Progress is written at most this often during training.
     progress_interval_seconds: float = 1.0
     # A running job's lease: renewed every `heartbeat_seconds` by its worker; a job whose

@@ -9,8 +9,14 @@ QUEUE_PREDICT = "predict"
 
 TASK_TRAIN = "torchqueue.train"
 TASK_PREDICT = "torchqueue.predict"
+# A batch of sync predictions, coalesced by the API (``shared.serving``).
+TASK_SERVE = "torchqueue.serve"
 
 # Kombu keeps its own keys in the broker database; ours carry this prefix.
 REDIS_PREFIX = "torchqueue:"
 # Published when a job ends, so that a caller waiting for it wakes at once.
 JOB_DONE_CHANNEL = REDIS_PREFIX + "job-done:"
+# Outputs of served predictions, for the API process that waits for them.
+REPLY_CHANNEL = REDIS_PREFIX + "reply:"
+# A serve message's header listing the jobs it carries (for the reaper).
+JOBS_HEADER = "torchqueue_jobs"

@@ -27,10 +27,15 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
+def publish(channel: str, data: bytes) -> None:
+    """Publish on the broker's Redis; raises ``redis.RedisError``."""
+    _client(get_settings().broker_url).publish(channel, data)
+
+
 def job_done(job_id: str) -> None:
     """Tell whoever waits for ``job_id`` that it ended (best effort)."""
     try:
-        _client(get_settings().broker_url).publish(JOB_DONE_CHANNEL + job_id, b"1")
+        publish(JOB_DONE_CHANNEL + job_id, b"1")
     except redis.RedisError as exc:
         log.debug("could not publish the end of job %s: %s", job_id, exc)
 

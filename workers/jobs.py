@@ -31,7 +31,7 @@ from shared.db.session import session_scope
 from shared.enqueue import send_job
 from shared.errors import JobError, Unavailable
 from shared.jobstate import JobEventKind, JobState
-from shared.schemas import JobOut, PredictSpec, TrainSpec
+from shared.schemas import JobOut, PredictSpec, Tensor, TrainSpec, input_rows
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +345,12 @@ def run_predict_job(job_id: str, worker: str) -> None:
         spec = PredictSpec.model_validate(job.spec)
         with session_scope() as s:
             version = store.get_model_version(s, spec.model_name, spec.version)
-        outputs = inference.predict(version, list(spec.inputs))
+        inputs = spec.inputs.model_dump() if isinstance(spec.inputs, Tensor) else spec.inputs
+        outputs = inference.predict(version, inputs, spec.outputs)
         result = {"model_name": spec.model_name, "model_version": spec.version, "outputs": outputs}
+        if spec.outputs == "tensor":
+            result["classes"] = inference.get_model(version).classes
+        rows = input_rows(spec.inputs)
         with session_scope() as s:
             store.finish_job(
                 s,
@@ -354,8 +358,8 @@ def run_predict_job(job_id: str, worker: str) -> None:
                 JobState.succeeded,
                 worker=worker,
                 result=result,
-                message=f"{len(outputs)} outputs",
-                usage=meter.finish(len(outputs)),
+                message=f"{rows} outputs",
+                usage=meter.finish(rows),
             )
         notify.job_done(job_id)
     except TRANSIENT as exc:

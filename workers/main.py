@@ -20,7 +20,7 @@ import threading
 from importlib import metadata
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
 from shared.routing import worker_queues
@@ -40,6 +40,15 @@ def _child_init(**_: Any) -> None:
 
     after_fork()
     _load_torch()
+
+
+def _record_pending(**_: Any) -> None:
+    """As a worker (or a prefork child) stops: record the served predictions still
+    waiting to be written."""
+    if "workers.serving" in sys.modules:
+        from workers.serving import close_writer
+
+        close_writer()
 
 
 def _load_torch() -> None:
@@ -155,6 +164,8 @@ def run_worker(
     import workers.tasks  # noqa: F401  registers the tasks with the app
 
     worker_process_init.connect(_child_init, weak=False)
+    worker_process_shutdown.connect(_record_pending, weak=False)
+    worker_shutdown.connect(_record_pending, weak=False)
     predict_only = QUEUE_TRAIN not in kinds
     if predict_only:
         _load_torch()

@@ -17,7 +17,8 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from shared.artifacts import ArtifactStore, sha256_hex
-from shared.errors import ModelLoadError
+from shared.errors import BadData, ModelLoadError
+from workers import tensors
 from workers.families import BUILDERS, Preprocessor
 from workers.training import Trained
 
@@ -70,32 +71,59 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
-    def predict(self, inputs: Sequence[Any], batch_size: int = 1024) -> list[dict[str, Any]]:
-        outputs: list[dict[str, Any]] = []
-        with torch.inference_mode():
-            for start in range(0, len(inputs), batch_size):
-                x = self.pre.encode(inputs[start : start + batch_size]).to(self.device)
-                outputs += self._postprocess(self.module(x).float().cpu())
-        return outputs
+    def encode(self, inputs: Sequence[Any] | dict[str, Any]) -> torch.Tensor:
+        """Raw inputs (a list of rows, or a typed tensor as a dict) as the model's input."""
+        if isinstance(inputs, dict):
+            if self.manifest["input_schema"].get("kind") == "text":
+                raise BadData("this model takes texts (strings), not a tensor")
+            x = tensors.decode(inputs)
+            width = int(self.manifest["input_schema"]["n_features"])
+            if x.shape[-1] != width:
+                raise BadData(f"the tensor has {x.shape[-1]} features; the model takes {width}")
+            return self.pre.encode(x)  # type: ignore[arg-type]
+        return self.pre.encode(inputs)
 
-    def _postprocess(self, out: torch.Tensor) -> list[dict[str, Any]]:
+    def forward(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """The model's raw outputs for encoded inputs, as float32 on the CPU."""
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                chunks.append(self.module(x[start : start + batch_size].to(self.device)))
+        return torch.cat(chunks).float().cpu()
+
+    def predict(self, inputs: Sequence[Any] | dict[str, Any], outputs: str = "json") -> Any:
+        """Outputs for raw inputs: a list of answers, or a tensor (``output``)."""
+        return self.output(self.forward(self.encode(inputs)), outputs)
+
+    def output(self, out: torch.Tensor, form: str) -> Any:
+        """Raw outputs as answers: one dict per row (json), or one tensor of the
+        probabilities, or of the values for a regression (tensor)."""
+        return tensors.encode(self.scores(out)) if form == "tensor" else self.answers(out)
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return None if self.task == "regression" else list(self.target["classes"])
+
+    def scores(self, out: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (rows × classes), or regression values (rows)."""
         if self.task == "regression":
-            values = out.squeeze(-1) * self.target["std"] + self.target["mean"]
-            return [{"value": float(v)} for v in values]
-        classes = self.target["classes"]
+            return out.squeeze(-1) * self.target["std"] + self.target["mean"]
         if out.shape[-1] == 1:
             p1 = torch.sigmoid(out.squeeze(-1))
-            probs = torch.stack([1 - p1, p1], dim=-1)
-        else:
-            probs = torch.softmax(out, dim=-1)
+            return torch.stack([1 - p1, p1], dim=-1)
+        return torch.softmax(out, dim=-1)
+
+    def answers(self, out: torch.Tensor) -> list[dict[str, Any]]:
+        scores = self.scores(out)
+        if self.task == "regression":
+            return [{"value": float(v)} for v in scores]
+        names = [str(c) for c in self.target["classes"]]
+        classes = self.target["classes"]
         answers = []
-        for row in probs.tolist():
+        for row in scores.tolist():
             best = max(range(len(row)), key=row.__getitem__)
             answers.append(
-                {
-                    "label": classes[best],
-                    "probabilities": {str(c): p for c, p in zip(classes, row, strict=True)},
-                }
+                {"label": classes[best], "probabilities": dict(zip(names, row, strict=True))}
             )
         return answers
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import shared_task
 
-from shared.constants import TASK_PREDICT, TASK_TRAIN
+from shared.constants import TASK_PREDICT, TASK_SERVE, TASK_TRAIN
 from workers import jobs
 
 
@@ -38,3 +38,10 @@ def predict(self: Any, job_id: str) -> None:
         jobs.run_predict_job(job_id, worker=_owner(self))
     except jobs.Transient as exc:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+
+
+@shared_task(name=TASK_SERVE, bind=True)
+def serve(self: Any, batch: dict[str, Any]) -> None:
+    from workers import serving
+
+    serving.run_batch(batch, worker=_owner(self))

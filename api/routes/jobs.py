@@ -141,7 +141,12 @@ def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tup
     with session_scope() as s:
         version = store.get_model_version(s, req.model_name, req.version)
         check_inputs(req.inputs, version.input_schema)
-        spec = PredictSpec(model_name=req.model_name, version=version.version, inputs=req.inputs)
+        spec = PredictSpec(
+            model_name=req.model_name,
+            version=version.version,
+            inputs=req.inputs,
+            outputs=req.outputs,
+        )
         return _submit(
             s,
             who,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
 from api.auth import require
@@ -15,6 +15,7 @@ from shared.families import FAMILIES
 from shared.schemas import (
     MAX_OFFSET,
     MAX_VERSION,
+    BatchingIn,
     ErrorOut,
     ModelOut,
     ModelPage,
@@ -45,6 +46,18 @@ def list_models(
 def get_model(name: str, session: SessionDep) -> ModelOut:
     """A model with all its versions."""
     return store.get_model(session, name)
+
+
+@router.patch("/models/{name}", dependencies=[Depends(require("models:write"))])
+def set_batching(
+    name: str, batching: BatchingIn, session: SessionDep, request: Request
+) -> ModelOut:
+    """Set the model's own batching of sync predictions (``max_batch_size`` rows,
+    ``max_wait_ms``); null returns a setting to the global default. Applies from the
+    next batch."""
+    model = store.set_batching(session, name, batching)
+    request.app.state.batcher.forget_limits(name)
+    return model
 
 
 @router.get("/models/{name}/versions/{version}")

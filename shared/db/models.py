@@ -92,6 +92,9 @@ class RegisteredModel(Base):
     name: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Batching of sync predictions for this model; None: the global settings.
+    max_batch_size: Mapped[int | None]
+    max_wait_ms: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class ModelVersion(Base):

@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, NotFound
 from shared.jobstate import JobEventKind, JobKind, JobState, now, transition
-from shared.schemas import JobEventOut, JobOut, JobPage, ModelOut, ModelPage, ModelVersionOut
+from shared.schemas import (
+    BatchingIn,
+    JobEventOut,
+    JobOut,
+    JobPage,
+    ModelOut,
+    ModelPage,
+    ModelVersionOut,
+)
 
 from .models import Job, JobEvent, ModelVersion, RegisteredModel
 
@@ -226,6 +234,56 @@ def set_message(session: Session, job_id: str, message: str) -> None:
     session.execute(sa.update(Job).where(Job.id == job_id).values(message=message))
 
 
+# --- sync predictions: recorded after the fact, in batches -----------------------------
+
+
+def record_predictions(session: Session, records: list[dict[str, Any]]) -> int:
+    """Record finished sync predictions (``shared.serving.job_record``) in one go: new
+    jobs are inserted; a job already recorded as queued (its caller stopped waiting) is
+    finished; one that has ended otherwise (sent again and run) is left as it is.
+    Returns how many rows were written."""
+    if not records:
+        return 0
+    ids = [r["id"] for r in records]
+    existing = dict(
+        session.execute(sa.select(Job.id, Job.state).where(Job.id.in_(ids))).tuples().all()
+    )
+    new = [r for r in records if r["id"] not in existing]
+    if new:
+        session.execute(sa.insert(Job), new)
+    written = len(new)
+    for r in records:
+        if existing.get(r["id"]) is JobState.queued:
+            values = {k: v for k, v in r.items() if k not in ("id", "created_at")}
+            moved = session.execute(
+                sa.update(Job).where(Job.id == r["id"], Job.state == JobState.queued).values(values)
+            )
+            written += moved.rowcount  # type: ignore[attr-defined]
+    events = [
+        {"job_id": r["id"], "at": r["finished_at"], "kind": _FINISH_EVENTS[r["state"]],
+         "message": r["message"], "worker": r["worker"]}
+        for r in records
+        if r["id"] not in existing or existing[r["id"]] is JobState.queued
+    ]  # fmt: skip
+    if events:
+        session.execute(sa.insert(JobEvent), events)
+    return written
+
+
+def record_waiting(session: Session, record: dict[str, Any]) -> JobOut:
+    """Record a sync prediction whose caller stops waiting as a queued job, unless its
+    worker recorded it first; return the job as it is now."""
+    row = session.get(Job, record["id"], populate_existing=True)
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.execute(sa.insert(Job), [record])
+                add_event(session, record["id"], JobEventKind.queued, record["message"])
+        except IntegrityError:
+            pass  # its worker's write came first
+    return get_job(session, record["id"])
+
+
 def request_cancel(session: Session, job_id: str, by: str | None = None) -> JobOut:
     """Cancel a queued job at once; ask the worker of a running one to stop (its job
     becomes ``cancelling``, then ``cancelled``). A finished job is a conflict."""
@@ -364,6 +422,38 @@ def get_model_version(session: Session, model_name: str, version: int | str) -> 
     return _version_out(row)
 
 
+def serving_target(
+    session: Session, model_name: str, version: int | str
+) -> tuple[ModelVersionOut, BatchingIn]:
+    """The version a sync prediction runs (``latest`` resolved now) and the model's own
+    batching settings, in one query."""
+    query = (
+        sa.select(ModelVersion, RegisteredModel.max_batch_size, RegisteredModel.max_wait_ms)
+        .join(RegisteredModel, RegisteredModel.name == ModelVersion.model_name)
+        .where(ModelVersion.model_name == model_name)
+    )
+    if version == "latest":
+        query = query.order_by(ModelVersion.version.desc()).limit(1)
+    else:
+        query = query.where(ModelVersion.version == int(version))
+    found = session.execute(query).first()
+    if found is None:
+        get_model_version(session, model_name, version)  # raises the right 404
+    assert found is not None
+    row, max_batch_size, max_wait_ms = found
+    return _version_out(row), BatchingIn(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+
+
+def set_batching(session: Session, model_name: str, batching: BatchingIn) -> ModelOut:
+    get_model(session, model_name, with_versions=False)  # 404 for an unknown model
+    session.execute(
+        sa.update(RegisteredModel)
+        .where(RegisteredModel.name == model_name)
+        .values(**batching.model_dump(), updated_at=now())
+    )
+    return get_model(session, model_name)
+
+
 def _latest_versions(session: Session, names: list[str]) -> dict[str, int]:
     rows = session.execute(
         sa.select(ModelVersion.model_name, sa.func.max(ModelVersion.version))
@@ -392,6 +482,8 @@ def get_model(session: Session, model_name: str, *, with_versions: bool = True) 
         created_at=row.created_at,
         updated_at=row.updated_at,
         latest_version=_latest_versions(session, [row.name]).get(row.name),
+        max_batch_size=row.max_batch_size,
+        max_wait_ms=row.max_wait_ms,
         versions=versions,
     )
 
@@ -410,6 +502,8 @@ def list_models(session: Session, *, limit: int = 50, offset: int = 0) -> ModelP
             created_at=r.created_at,
             updated_at=r.updated_at,
             latest_version=latest.get(r.name),
+            max_batch_size=r.max_batch_size,
+            max_wait_ms=r.max_wait_ms,
         )
         for r in rows
     ]

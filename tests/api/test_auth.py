@@ -31,6 +31,8 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/jobs/{job_id}/cancel"): {"jobs:submit"},
     ("GET", "/v1/models"): {"models:read"},
     ("GET", "/v1/models/{name}"): {"models:read"},
+    ("PATCH", "/v1/models/{name}"): {"models:read", "models:write"},
+    ("POST", "/v1/models/{name}/predict"): {"jobs:submit", "models:read"},
     ("GET", "/v1/models/{name}/versions/{version}"): {"models:read"},
     ("GET", "/v1/families"): {"models:read"},
     ("GET", "/v1/datasets"): {"models:read"},

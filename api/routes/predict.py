@@ -1,0 +1,92 @@
+"""Sync predictions: ``POST /v1/models/{name}/predict`` answers with the outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import Field
+
+from api.auth import PredictSubmit
+from api.serving import Batcher, Outcome
+from shared.config import get_settings
+from shared.db import store
+from shared.db.session import session_scope
+from shared.errors import InvalidSpec
+from shared.jobstate import JobState, now
+from shared.routing import predict_queue
+from shared.schemas import (
+    MAX_VERSION,
+    NAME_PATTERN,
+    ErrorOut,
+    JobOut,
+    PredictionOut,
+    ServeRequest,
+    Tensor,
+)
+from shared.serving import Batch, Item, job_record
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+VersionQuery = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"],
+    Query(description="a version number, or latest (resolved when the request is sent)"),
+]
+JSON = "application/json"
+
+
+@router.post(
+    "/models/{name}/predict",
+    response_model=PredictionOut,
+    responses={
+        202: {"model": JobOut, "description": "not done within `timeout`: the job, to poll"},
+        **{code: {"model": ErrorOut} for code in (401, 403, 404, 413, 422, 502, 503)},
+    },
+)
+async def predict(
+    name: Annotated[str, Path(pattern=NAME_PATTERN)],
+    req: ServeRequest,
+    request: Request,
+    who: PredictSubmit,
+    version: VersionQuery = "latest",
+) -> Response:
+    """Run a model on ``inputs`` and answer with its outputs, batched with other callers
+    of the same model version. Not done within ``timeout`` seconds: 202 with the job
+    (``GET /v1/jobs/{id}`` gives the outputs when it ends). Every prediction is recorded
+    as a job with the same id."""
+    settings = get_settings()
+    timeout = req.timeout if req.timeout is not None else settings.predict_timeout_seconds
+    if timeout > settings.max_wait_seconds:
+        limit = settings.max_wait_seconds
+        raise InvalidSpec(f"timeout is at most {limit} seconds", field="timeout")
+    inputs = req.inputs.model_dump() if isinstance(req.inputs, Tensor) else req.inputs
+    item = Item(str(uuid.uuid4()), inputs, req.outputs, who.key_id, now().isoformat())
+    batcher: Batcher = request.app.state.batcher
+    future = await batcher.submit(name, version, req.pool, item, req.inputs)
+    try:
+        outcome = await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        outcome = Outcome(202, message=f"not done within {timeout:g} s; GET /v1/jobs/{item.id}")
+    finally:
+        if not future.done():
+            batcher.abandon(item, future)
+    if outcome.status != 202:
+        return Response(outcome.body, status_code=outcome.status, media_type=JSON)
+    job = await run_in_threadpool(_record_waiting, name, version, req.pool, item, outcome.message)
+    if job.state is JobState.succeeded and job.result is not None:  # it ended meanwhile
+        done = PredictionOut.model_validate({"job_id": job.id, **job.result})
+        return Response(done.model_dump_json(exclude_none=True), media_type=JSON)
+    return Response(job.model_dump_json(), status_code=202, media_type=JSON)
+
+
+def _record_waiting(name: str, version: int | str, pool: str, item: Item, why: str) -> JobOut:
+    """The job of a request that is not answered now: recorded as queued, so that the
+    caller can poll it (its worker finishes it when it runs)."""
+    with session_scope() as s:
+        target = store.get_model_version(s, name, version)
+        batch = Batch(name, target.version, target.artifact_uri, target.sha256,
+                      predict_queue(pool), "", [item])  # fmt: skip
+        record = job_record(batch, item, JobState.queued, stamp=now(), message=why)
+        return store.record_waiting(s, record)

@@ -1,0 +1,219 @@
+"""Running a batch of sync predictions (``shared.serving``): every request's inputs in one
+forward pass, each caller's answer published to the API process that waits for it, and
+every request recorded as a finished prediction job by a writer thread, in batched
+transactions that stay off the callers' path.
+
+A request whose inputs the model cannot take fails alone (422); a model that cannot be
+loaded, or a forward pass that fails, fails the whole batch (502). Either way the job is
+recorded with the reason.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+import torch
+
+from shared import notify
+from shared.config import get_settings
+from shared.db import store
+from shared.db.session import session_scope
+from shared.errors import BadData, JobError
+from shared.jobstate import JobState, now
+from shared.serving import Batch, Item, encode_reply, job_record
+from workers import inference
+
+log = logging.getLogger(__name__)
+
+
+def _error_body(item: Item, status: int, type_: str, detail: str) -> bytes:
+    body = {"type": type_, "detail": detail, "job_id": item.id}
+    if status == 422:
+        body["field"] = "inputs"
+    return json.dumps(body).encode()
+
+
+class _Run:
+    """One batch on its way: the answers for the callers, the records for the database."""
+
+    def __init__(self, batch: Batch, worker: str) -> None:
+        self.batch, self.worker = batch, worker
+        self.started, self.clock = now(), time.perf_counter()
+        self.answers: list[tuple[str, int, bytes]] = []
+        self.records: list[dict[str, Any]] = []
+
+    def fail(self, item: Item, status: int, type_: str, detail: str) -> None:
+        self.answers.append((item.id, status, _error_body(item, status, type_, detail)))
+        self.records.append(
+            job_record(self.batch, item, JobState.failed, stamp=now(), message=detail,
+                       worker=self.worker, started=self.started,
+                       error={"type": type_, "message": detail})
+        )  # fmt: skip
+
+    def succeed(self, item: Item, outputs: Any, classes: Any, usage: dict[str, Any]) -> None:
+        batch = self.batch
+        answer = {"job_id": item.id, "model_name": batch.model, "model_version": batch.version,
+                  "outputs": outputs}  # fmt: skip
+        if item.outputs == "tensor":
+            answer["classes"] = classes
+        self.answers.append((item.id, 200, json.dumps(answer).encode()))
+        del answer["job_id"]
+        self.records.append(
+            job_record(batch, item, JobState.succeeded, stamp=now(), worker=self.worker,
+                       started=self.started, result=answer, usage=usage,
+                       message=f"{usage['samples']} outputs, in a batch of "
+                       f"{usage['batch_rows']} rows")
+        )  # fmt: skip
+
+
+def run_batch(payload: dict[str, Any], worker: str) -> None:
+    """Answer and record every request of a batch message."""
+    batch = Batch.from_json(payload)
+    run = _Run(batch, worker)
+    try:
+        model = inference.load(batch.model, batch.version, batch.uri, batch.sha256)
+    except Exception as exc:
+        detail = exc.detail if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        type_ = exc.type if isinstance(exc, JobError) else "internal_error"
+        log.error("cannot serve %s v%d: %s", batch.model, batch.version, detail)
+        for item in batch.items:
+            run.fail(item, 502, type_, f"the model could not be loaded: {detail}")
+        _finish(run)
+        return
+    ready: list[tuple[Item, torch.Tensor]] = []
+    for item in batch.items:
+        try:
+            ready.append((item, model.encode(item.inputs)))
+        except BadData as exc:
+            run.fail(item, 422, exc.type, exc.detail)
+    if ready:
+        _forward(run, model, ready)
+    _finish(run)
+
+
+def _forward(run: _Run, model: Any, ready: list[tuple[Item, torch.Tensor]]) -> None:
+    """All the batch's inputs in one pass; each caller's rows of the outputs back."""
+    x = torch.cat([x for _, x in ready])
+    try:
+        out = inference.forward(model, x)
+    except Exception as exc:
+        log.exception("a batch of %s v%d failed", run.batch.model, run.batch.version)
+        for item, _ in ready:
+            run.fail(item, 502, "internal_error", f"the forward pass failed: {exc}")
+        return
+    usage = {"wall_seconds": time.perf_counter() - run.clock,
+             "batch_requests": len(run.batch.items), "batch_rows": len(x)}  # fmt: skip
+    offset = 0
+    for item, xi in ready:
+        outputs = model.output(out[offset : offset + len(xi)], item.outputs)
+        offset += len(xi)
+        run.succeed(item, outputs, model.classes, {**usage, "samples": len(xi)})
+
+
+def _finish(run: _Run) -> None:
+    """Answer first, record after: the callers do not wait for the database."""
+    try:
+        notify.publish(run.batch.reply, encode_reply(run.answers))
+    except redis.RedisError as exc:
+        # The callers' waits run out, and they find the jobs in the database.
+        log.warning("could not publish the answers of %d requests: %s", len(run.answers), exc)
+    writer().put(run.records)
+
+
+class ResultWriter:
+    """Records finished predictions from a thread: whatever arrived in the last
+    ``flush_seconds`` (or ``flush_rows`` rows, sooner) in one transaction. While the
+    database is unreachable it keeps the records and tries again; ``close`` writes what
+    is pending, and a clean shutdown of the worker calls it."""
+
+    def __init__(self, flush_seconds: float, flush_rows: int) -> None:
+        self.flush_seconds, self.flush_rows = flush_seconds, flush_rows
+        self._pending: list[dict[str, Any]] = []
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="result-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, records: list[dict[str, Any]]) -> None:
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the result writer is closed")
+            self._pending.extend(records)
+            if len(self._pending) >= self.flush_rows:
+                self._wake.notify()
+
+    @property
+    def pending(self) -> int:
+        with self._wake:
+            return len(self._pending)
+
+    def _take(self) -> list[dict[str, Any]]:
+        with self._wake:
+            if not self._closing and len(self._pending) < self.flush_rows:
+                self._wake.wait(self.flush_seconds)
+            taken, self._pending = self._pending, []
+            return taken
+
+    def _run(self) -> None:
+        pause = 0.5
+        while True:
+            with self._wake:
+                if self._closing and not self._pending:
+                    return
+            records = self._take()
+            if not records:
+                continue
+            try:
+                self._write(records)
+                pause = 0.5
+            except Exception as exc:
+                log.warning("could not record %d predictions (%s); trying again", len(records), exc)
+                with self._wake:
+                    self._pending[:0] = records
+                    self._wake.wait(pause)
+                pause = min(pause * 2, 10.0)
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        for start in range(0, len(records), self.flush_rows):
+            with session_scope() as s:
+                store.record_predictions(s, records[start : start + self.flush_rows])
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Write what is pending and stop; False if records remain after ``timeout``."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        left = self.pending
+        if left:
+            log.error("%d served predictions could not be recorded before shutdown", left)
+        return left == 0
+
+
+_writer: ResultWriter | None = None
+_writer_lock = threading.Lock()
+
+
+def writer() -> ResultWriter:
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            settings = get_settings()
+            _writer = ResultWriter(settings.result_flush_ms / 1000, settings.result_flush_rows)
+            atexit.register(close_writer)
+        return _writer
+
+
+def close_writer() -> None:
+    """Write every pending record; called when the worker shuts down."""
+    global _writer
+    with _writer_lock:
+        current, _writer = _writer, None
+    if current is not None:
+        current.close()
