@@ -4,15 +4,16 @@ the scope the route needs. 401 without a valid key, 403 with a key that lacks th
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from shared.auth import Principal
 from shared.config import get_settings
 from shared.db import keys
-from shared.db.session import session_scope
+from shared.db.session import read_scope
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.schemas import JobOut
 
@@ -20,7 +21,9 @@ ANONYMOUS = Principal("anonymous", "authentication off", frozenset({"admin"}))
 BOOTSTRAP = Principal("bootstrap", "bootstrap key", frozenset({"admin"}))
 
 
-def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request) -> Principal:
+    """On the event loop; only a key that must be looked up in the database goes to a
+    thread (authentication off and the bootstrap key cost no hand-off)."""
     settings = get_settings()
     if settings.auth == "off":
         return ANONYMOUS
@@ -34,18 +37,22 @@ def authenticate(request: Request) -> Principal:
         key.encode(), bootstrap.get_secret_value().encode()
     ):
         return BOOTSTRAP
-    with session_scope() as s:
-        principal = keys.authenticate(s, key)
+    principal = await run_in_threadpool(_look_up, key)
     if principal is None:
         raise Unauthorized("the API key is not valid, or it was revoked")
     return principal
 
 
-def require(*scopes: str) -> Callable[..., Principal]:
+def _look_up(key: str) -> Principal | None:
+    with read_scope() as s:
+        return keys.authenticate(s, key)
+
+
+def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the caller, once its key is checked for every one of ``scopes``."""
 
-    def check(request: Request) -> Principal:
-        principal = authenticate(request)
+    async def check(request: Request) -> Principal:
+        principal = await authenticate(request)
         for scope in scopes:
             if not principal.allows(scope):
                 raise Forbidden(f"the key '{principal.name}' lacks the scope {scope}")

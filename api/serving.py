@@ -5,12 +5,12 @@ Concurrent requests for the same model, version and pool are sent as one batch m
 message and one forward pass, not one each. A request for a model with no batch on its
 way is sent at once (an idle model adds no wait); while a batch is on its way, requests
 gather for at most ``max_wait_ms`` or until they fill ``max_batch_size`` rows, and go
-at once when the last batch comes back. ``latest`` is resolved, and the model's own
-batching settings read, once per batch, when it is sent.
+at once when the last batch comes back. The worker resolves ``latest`` when it runs the
+batch, and checks every request's inputs against that version.
 
 The answers come back on this process's own Redis channel, one subscription for all
-requests, and carry the response bodies as they will be sent: nothing polls the
-database, and nothing here re-encodes an output.
+requests, and carry the response bodies as they will be sent: nothing on a request's
+path reads the database, and nothing here re-encodes an output.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,15 +33,17 @@ from fastapi.concurrency import run_in_threadpool
 from shared.config import get_settings
 from shared.constants import REPLY_CHANNEL
 from shared.db import registry, store
-from shared.db.session import session_scope
-from shared.errors import TorchqueueError, Unavailable
+from shared.db.session import read_scope
+from shared.errors import Unavailable
 from shared.routing import predict_queue
-from shared.schemas import BatchingIn, ModelVersionOut, Tensor, check_inputs, input_rows
+from shared.schemas import BatchingIn
 from shared.serving import Batch, Item, decode_reply, send_batch
 
 log = logging.getLogger(__name__)
-# How long the list of queues that online workers serve is trusted.
+# How long the list of queues that online workers serve, and a model's own batching
+# settings, are trusted before they are read again (in the background).
 SERVED_TTL_SECONDS = 2.0
+KNOBS_TTL_SECONDS = 5.0
 
 
 @dataclass
@@ -114,7 +119,6 @@ class Replies:
 @dataclass
 class _Request:
     item: Item
-    inputs: list[Any] | Tensor  # as validated
     future: asyncio.Future[Outcome]
 
 
@@ -129,18 +133,89 @@ class _Gathering:
     in_flight: int = 0
 
 
+class Sender:
+    """Publishes batch messages from a thread of its own: the event loop never waits on
+    the broker, and a batch costs one hand-off, not a trip through a thread pool."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="batch-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, batch: Batch) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put((batch, future))
+        return future
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            batch, future = job
+            error = None
+            try:
+                send_batch(batch, uuid.uuid4().hex)
+            except Exception as exc:
+                error = exc
+            future.get_loop().call_soon_threadsafe(_settle, future, error)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class _Fresh:
+    """A value read from the database in a thread, trusted for ``ttl`` seconds, then
+    read again in the background while the old value is used."""
+
+    def __init__(self, read: Callable[[], Any], ttl: float) -> None:
+        self.read, self.ttl = read, ttl
+        self.value: Any = None
+        self.at = -float("inf")
+        self._reading: asyncio.Task[None] | None = None
+
+    async def get(self, within: float | None = None) -> Any:
+        """The value; read now (and waited for) if it is older than ``within`` seconds
+        or was never read; read again in the background if older than the ttl."""
+        age = time.monotonic() - self.at
+        if self._reading is None and age > min(self.ttl, within or self.ttl):
+            self._reading = asyncio.create_task(self._refresh())
+        if self._reading is not None and (self.value is None or (within and age > within)):
+            await asyncio.shield(self._reading)
+        return self.value
+
+    async def _refresh(self) -> None:
+        try:
+            self.value = await run_in_threadpool(self.read)
+            self.at = time.monotonic()
+        except Exception as exc:  # the old value stays; the next request tries again
+            log.warning("could not read the database: %s", exc)
+        finally:
+            self._reading = None
+
+
 class Batcher:
     def __init__(self) -> None:
         self.replies = Replies()
+        self.sender = Sender()
         self._keys: dict[tuple[str, str, str], _Gathering] = {}
-        self._knobs: dict[str, BatchingIn] = {}
-        self._served: tuple[float, set[str]] = (0.0, set())
+        self._knobs: dict[str, _Fresh] = {}
+        self._served = _Fresh(_served_queues, SERVED_TTL_SECONDS)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def limits(self, model: str) -> tuple[int, float]:
+    async def limits(self, model: str) -> tuple[int, float]:
         """(max rows per batch, max wait in ms) for a model: its own, else the global."""
         settings = get_settings()
-        own = self._knobs.get(model) or BatchingIn()
+        if model not in self._knobs:
+            self._knobs[model] = _Fresh(lambda: _batching_of(model), KNOBS_TTL_SECONDS)
+        own: BatchingIn = await self._knobs[model].get() or BatchingIn()
         rows = own.max_batch_size or settings.max_batch_size
         wait = own.max_wait_ms if own.max_wait_ms is not None else settings.max_wait_ms
         return rows, wait
@@ -149,18 +224,17 @@ class Batcher:
         self._knobs.pop(model, None)
 
     async def submit(
-        self, model: str, version: int | str, pool: str, item: Item, inputs: list[Any] | Tensor
+        self, model: str, version: int | str, pool: str, item: Item, rows: int
     ) -> asyncio.Future[Outcome]:
         """Queue a request for its batch; the future holds its outcome."""
         await self.replies.start()
-        rows = input_rows(inputs)
+        max_rows, wait_ms = await self.limits(model)
         key = (model, str(version), pool)
         gathering = self._keys.setdefault(key, _Gathering())
-        max_rows, wait_ms = self.limits(model)
         if gathering.items and gathering.rows + rows > max_rows:
             self._flush(key)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        gathering.items.append(_Request(item, inputs, future))
+        gathering.items.append(_Request(item, future))
         gathering.rows += rows
         if gathering.rows >= max_rows or gathering.in_flight == 0:
             self._flush(key)
@@ -200,49 +274,31 @@ class Batcher:
         elif not gathering.items and gathering.in_flight == 0:
             del self._keys[key]
 
-    def _resolve(self, model: str, version: str) -> tuple[ModelVersionOut, BatchingIn, set[str]]:
-        """In a thread: the version to run, the model's settings, the served queues."""
-        at, served = self._served
-        with session_scope() as s:
-            target, knobs = store.serving_target(
-                s, model, "latest" if version == "latest" else int(version)
-            )
-            if time.monotonic() - at > SERVED_TTL_SECONDS:
-                served = registry.served_queues(s, get_settings().worker_offline_after_seconds)
-                self._served = (time.monotonic(), served)
-        return target, knobs, served
-
     async def _dispatch(self, key: tuple[str, str, str], items: list[_Request]) -> None:
         model, version, pool = key
-        try:
-            target, knobs, served = await run_in_threadpool(self._resolve, model, version)
-        except Exception as exc:  # the route turns it into its response
-            for request in items:
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            return
-        self._knobs[model] = knobs
-        ready = _checked(items, target.input_schema)
+        ready = [r for r in items if not r.future.done()]  # a caller may have gone
         if not ready:
             return
-        queue = predict_queue(pool)
-        batch = Batch(model, target.version, target.artifact_uri, target.sha256, queue,
-                      self.replies.channel, [item for item, _ in ready])  # fmt: skip
-        for item, future in ready:
-            self.replies.waiting[item.id] = future
+        queue_name = predict_queue(pool)
+        batch = Batch(model, int(version) if version.isdigit() else version, queue_name,
+                      self.replies.channel, [r.item for r in ready])  # fmt: skip
+        for request in ready:
+            self.replies.waiting[request.item.id] = request.future
         try:
-            await run_in_threadpool(send_batch, batch, uuid.uuid4().hex)
+            await self.sender.send(batch)
         except Unavailable as exc:
             self._queued(ready, f"waiting to be sent: {exc.detail}")
             return
-        if queue not in served:
-            self._queued(ready, f"waiting on queue {queue}: no online worker serves it")
+        if queue_name not in (await self._served.get() or ()) and queue_name not in (
+            await self._served.get(within=0.5) or ()  # not served: make sure
+        ):
+            self._queued(ready, f"waiting on queue {queue_name}: no online worker serves it")
 
-    def _queued(self, ready: list[tuple[Item, asyncio.Future[Outcome]]], why: str) -> None:
-        for item, future in ready:
-            self.replies.waiting.pop(item.id, None)
-            if not future.done():
-                future.set_result(Outcome(202, message=why))
+    def _queued(self, ready: list[_Request], why: str) -> None:
+        for request in ready:
+            self.replies.waiting.pop(request.item.id, None)
+            if not request.future.done():
+                request.future.set_result(Outcome(202, message=why))
 
     def abandon(self, item: Item, future: asyncio.Future[Outcome]) -> None:
         """Its caller stops waiting: its answer, if it comes, is not needed here."""
@@ -253,22 +309,15 @@ class Batcher:
         for gathering in self._keys.values():
             if gathering.timer is not None:
                 gathering.timer.cancel()
+        self.sender.close()
         await self.replies.close()
 
 
-def _checked(
-    items: list[_Request], input_schema: dict[str, Any]
-) -> list[tuple[Item, asyncio.Future[Outcome]]]:
-    """The requests whose callers still wait and whose inputs fit the version; the
-    others' futures end with the error."""
-    ready = []
-    for request in items:
-        if request.future.done():  # its caller has gone
-            continue
-        try:
-            check_inputs(request.inputs, input_schema)
-        except TorchqueueError as exc:
-            request.future.set_exception(exc)
-            continue
-        ready.append((request.item, request.future))
-    return ready
+def _served_queues() -> set[str]:
+    with read_scope() as s:
+        return registry.served_queues(s, get_settings().worker_offline_after_seconds)
+
+
+def _batching_of(model: str) -> BatchingIn:
+    with read_scope() as s:
+        return store.model_batching(s, model)

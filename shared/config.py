@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # while a batch of the same model is already on its way (an idle model's request goes
     # at once).
     max_batch_size: int = Field(default=256, ge=1, le=100_000)
-    max_wait_ms: float = Field(default=2.0, ge=0, le=10_000)
+    max_wait_ms: float = Field(default=10.0, ge=0, le=10_000)
     # How long the sync route waits for the outputs before answering 202 with the job.
     predict_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Served predictions are recorded in the database by a writer thread of the worker, in

@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
+from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
-from shared.celery_app import get_celery
+from shared.celery_app import create_celery
+from shared.config import get_settings
 from shared.constants import JOBS_HEADER, TASK_SERVE
 from shared.enqueue import RETRY
 from shared.errors import Unavailable
@@ -50,12 +53,11 @@ class Item:
 
 @dataclass
 class Batch:
-    """What a serve message carries: a resolved model version and its requests."""
+    """What a serve message carries: a model, the version asked for (a number, or
+    ``latest``, which the worker resolves when it runs the batch), and its requests."""
 
     model: str
-    version: int
-    uri: str
-    sha256: str
+    version: int | str
     queue: str
     reply: str  # the channel of the API process that waits
     items: list[Item]
@@ -64,8 +66,6 @@ class Batch:
         return {
             "model": self.model,
             "version": self.version,
-            "uri": self.uri,
-            "sha256": self.sha256,
             "queue": self.queue,
             "reply": self.reply,
             "items": [i.to_json() for i in self.items],
@@ -75,13 +75,20 @@ class Batch:
     def from_json(cls, data: dict[str, Any]) -> Batch:
         return cls(
             data["model"],
-            int(data["version"]),
-            data["uri"],
-            data["sha256"],
+            data["version"],
             data["queue"],
             data["reply"],
             [Item.from_json(i) for i in data["items"]],
         )
+
+
+@lru_cache(maxsize=4)
+def _sender(broker_url: str) -> Celery:
+    """The app that sends batches: without Celery's ``task-sent`` event, which would cost
+    a second message for each batch (the worker's events still show it in Flower)."""
+    app = create_celery(get_settings())
+    app.conf.task_send_sent_event = False
+    return app
 
 
 def send_batch(batch: Batch, batch_id: str) -> None:
@@ -89,7 +96,7 @@ def send_batch(batch: Batch, batch_id: str) -> None:
     broker holds them. Raises ``Unavailable`` when the broker cannot take it."""
     ids = [i.id for i in batch.items]
     try:
-        get_celery().send_task(
+        _sender(get_settings().broker_url).send_task(
             TASK_SERVE,
             args=[batch.to_json()],
             task_id=batch_id,
@@ -138,7 +145,7 @@ def job_record(
     error: dict[str, Any] | None = None,
     usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``jobs`` row of one request: column name → value."""
+    """The ``jobs`` row of one request (``batch.version`` resolved): column → value."""
     spec = {"model_name": batch.model, "version": batch.version, "inputs": item.inputs,
             "outputs": item.outputs}  # fmt: skip
     finished = state.is_terminal()

@@ -186,7 +186,7 @@ def test_tensors_in_and_out(api_client: Any, worker: Path, iris: str) -> None:
     ],
 )
 def test_inputs_that_do_not_fit_are_refused_with_the_field(
-    api_client: Any, iris: str, inputs: Any, field: str, words: str
+    api_client: Any, worker: Path, iris: str, inputs: Any, field: str, words: str
 ) -> None:
     response = predict(api_client, iris, inputs)
     assert response.status_code == 422, response.text
@@ -285,8 +285,8 @@ def test_a_worker_killed_during_a_batch_loses_no_prediction(fleet: Fleet, api_cl
     worker = ["--cpu", "--queues", "predict", "--pool", pool]
     first = fleet.worker(*worker, name="cpu-predict@")
     name = unique("big")
-    register(name, epochs=1, hidden_sizes=[2048, 2048, 2048])  # a slow forward pass
-    rows = [IRIS[i % 4] for i in range(3000)]
+    register(name, epochs=1, hidden_sizes=[4096, 4096])  # a slow forward pass
+    rows = [IRIS[i % 4] for i in range(10_000)]
     body = {"inputs": tensor(rows), "outputs": "tensor", "timeout": 4, "pool": pool}
     time.sleep(SERVED_TTL_SECONDS + 0.5)  # the API's view of the served queues catches up
 
@@ -295,13 +295,13 @@ def test_a_worker_killed_during_a_batch_loses_no_prediction(fleet: Fleet, api_cl
         time.sleep(1.0)  # the batch is in the worker's forward pass
         fleet.kill9(first)
         response = pending.result()
-    assert response.status_code == 202, response.text
+    assert response.status_code == 202, response.text[:300]
     job = response.json()
     assert job["state"] == "queued"
 
     fleet.worker(*worker, name="cpu-predict@")  # the reaper sends it again; this one runs it
     done = wait_job(api_client, job["id"], timeout=90)
     assert done["state"] == "succeeded", done
-    assert done["result"]["outputs"]["shape"] == [3000, 3]
+    assert done["result"]["outputs"]["shape"] == [10_000, 3]
     events = [e["kind"] for e in api_client.get(f"/v1/jobs/{job['id']}/events").json()]
     assert "resent" in events and events[-1] == "succeeded"

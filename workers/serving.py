@@ -11,6 +11,7 @@ recorded with the reason.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import logging
 import threading
@@ -19,24 +20,24 @@ from typing import Any
 
 import redis
 import torch
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError as DatabaseError
 
 from shared import notify
 from shared.config import get_settings
 from shared.db import store
-from shared.db.session import session_scope
-from shared.errors import BadData, JobError
+from shared.db.session import read_scope, session_scope
+from shared.errors import BadData, InvalidSpec, JobError, TorchqueueError, Unavailable
 from shared.jobstate import JobState, now
+from shared.schemas import ModelVersionOut, Tensor, check_inputs
 from shared.serving import Batch, Item, encode_reply, job_record
 from workers import inference
 
 log = logging.getLogger(__name__)
 
 
-def _error_body(item: Item, status: int, type_: str, detail: str) -> bytes:
-    body = {"type": type_, "detail": detail, "job_id": item.id}
-    if status == 422:
-        body["field"] = "inputs"
-    return json.dumps(body).encode()
+def _error_body(item: Item, error: TorchqueueError) -> bytes:
+    return json.dumps({**error.to_dict(), "job_id": item.id}).encode()
 
 
 class _Run:
@@ -49,7 +50,10 @@ class _Run:
         self.records: list[dict[str, Any]] = []
 
     def fail(self, item: Item, status: int, type_: str, detail: str) -> None:
-        self.answers.append((item.id, status, _error_body(item, status, type_, detail)))
+        body = {"type": type_, "detail": detail, "job_id": item.id}
+        if status == 422:
+            body["field"] = "inputs"
+        self.answers.append((item.id, status, json.dumps(body).encode()))
         self.records.append(
             job_record(self.batch, item, JobState.failed, stamp=now(), message=detail,
                        worker=self.worker, started=self.started,
@@ -75,13 +79,19 @@ class _Run:
 def run_batch(payload: dict[str, Any], worker: str) -> None:
     """Answer and record every request of a batch message."""
     batch = Batch.from_json(payload)
+    try:
+        version = _resolve(batch.model, batch.version)
+    except TorchqueueError as exc:  # no such model or version, or no database: no job ran
+        _publish(batch, [(i.id, exc.status, _error_body(i, exc)) for i in batch.items])
+        return
+    batch = dataclasses.replace(batch, version=version.version)
     run = _Run(batch, worker)
     try:
-        model = inference.load(batch.model, batch.version, batch.uri, batch.sha256)
+        model = inference.get_model(version)
     except Exception as exc:
         detail = exc.detail if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
         type_ = exc.type if isinstance(exc, JobError) else "internal_error"
-        log.error("cannot serve %s v%d: %s", batch.model, batch.version, detail)
+        log.error("cannot serve %s v%d: %s", batch.model, version.version, detail)
         for item in batch.items:
             run.fail(item, 502, type_, f"the model could not be loaded: {detail}")
         _finish(run)
@@ -89,12 +99,42 @@ def run_batch(payload: dict[str, Any], worker: str) -> None:
     ready: list[tuple[Item, torch.Tensor]] = []
     for item in batch.items:
         try:
+            check_inputs(_checkable(item.inputs), version.input_schema)
             ready.append((item, model.encode(item.inputs)))
+        except InvalidSpec as exc:  # refused before it ran, as the job route does
+            run.answers.append((item.id, exc.status, _error_body(item, exc)))
         except BadData as exc:
             run.fail(item, 422, exc.type, exc.detail)
     if ready:
         _forward(run, model, ready)
     _finish(run)
+
+
+def _checkable(inputs: list[Any] | dict[str, Any]) -> list[Any] | Tensor:
+    if isinstance(inputs, dict):
+        try:
+            return Tensor.model_validate(inputs)
+        except ValidationError as exc:
+            raise InvalidSpec(f"not a valid tensor: {exc}", field="inputs") from None
+    return inputs
+
+
+# Versions are immutable: a number, once read, is kept (``latest`` is read every batch).
+_versions: dict[tuple[str, int], ModelVersionOut] = {}
+
+
+def _resolve(model: str, version: int | str) -> ModelVersionOut:
+    if isinstance(version, int) and (model, version) in _versions:
+        return _versions[(model, version)]
+    try:
+        with read_scope() as s:
+            found = store.get_model_version(s, model, version)
+    except DatabaseError as exc:
+        raise Unavailable(f"the database cannot be reached: {exc}") from None
+    if len(_versions) > 1000:
+        _versions.clear()
+    _versions[(model, found.version)] = found
+    return found
 
 
 def _forward(run: _Run, model: Any, ready: list[tuple[Item, torch.Tensor]]) -> None:
@@ -118,12 +158,16 @@ def _forward(run: _Run, model: Any, ready: list[tuple[Item, torch.Tensor]]) -> N
 
 def _finish(run: _Run) -> None:
     """Answer first, record after: the callers do not wait for the database."""
+    _publish(run.batch, run.answers)
+    writer().put(run.records)
+
+
+def _publish(batch: Batch, answers: list[tuple[str, int, bytes]]) -> None:
     try:
-        notify.publish(run.batch.reply, encode_reply(run.answers))
+        notify.publish(batch.reply, encode_reply(answers))
     except redis.RedisError as exc:
         # The callers' waits run out, and they find the jobs in the database.
-        log.warning("could not publish the answers of %d requests: %s", len(run.answers), exc)
-    writer().put(run.records)
+        log.warning("could not publish the answers of %d requests: %s", len(answers), exc)
 
 
 class ResultWriter:

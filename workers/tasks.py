@@ -40,7 +40,9 @@ def predict(self: Any, job_id: str) -> None:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
 
 
-@shared_task(name=TASK_SERVE, bind=True)
+# No task events for batches of sync predictions: three event messages per batch would
+# double the broker traffic of the fastest path. Each request is a job in the database.
+@shared_task(name=TASK_SERVE, bind=True, send_events=False)
 def serve(self: Any, batch: dict[str, Any]) -> None:
     from workers import serving
 

@@ -16,7 +16,7 @@ from api.deps import SessionDep
 from shared.auth import Principal
 from shared.config import get_settings
 from shared.db import registry, store
-from shared.db.session import session_scope
+from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, InvalidSpec, Unavailable
 from shared.jobstate import JobKind, JobState
@@ -163,7 +163,7 @@ def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tup
 
 
 def _read(job_id: str) -> JobOut:
-    with session_scope() as s:
+    with read_scope() as s:
         return store.get_job(s, job_id)
 
 

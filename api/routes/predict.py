@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -26,6 +26,8 @@ from shared.schemas import (
     PredictionOut,
     ServeRequest,
     Tensor,
+    check_inputs,
+    input_rows,
 )
 from shared.serving import Batch, Item, job_record
 
@@ -64,7 +66,7 @@ async def predict(
     inputs = req.inputs.model_dump() if isinstance(req.inputs, Tensor) else req.inputs
     item = Item(str(uuid.uuid4()), inputs, req.outputs, who.key_id, now().isoformat())
     batcher: Batcher = request.app.state.batcher
-    future = await batcher.submit(name, version, req.pool, item, req.inputs)
+    future = await batcher.submit(name, version, req.pool, item, input_rows(req.inputs))
     try:
         outcome = await asyncio.wait_for(asyncio.shield(future), timeout)
     except TimeoutError:
@@ -74,19 +76,24 @@ async def predict(
             batcher.abandon(item, future)
     if outcome.status != 202:
         return Response(outcome.body, status_code=outcome.status, media_type=JSON)
-    job = await run_in_threadpool(_record_waiting, name, version, req.pool, item, outcome.message)
+    job = await run_in_threadpool(
+        _record_waiting, name, version, req.pool, item, req.inputs, outcome.message
+    )
     if job.state is JobState.succeeded and job.result is not None:  # it ended meanwhile
         done = PredictionOut.model_validate({"job_id": job.id, **job.result})
         return Response(done.model_dump_json(exclude_none=True), media_type=JSON)
     return Response(job.model_dump_json(), status_code=202, media_type=JSON)
 
 
-def _record_waiting(name: str, version: int | str, pool: str, item: Item, why: str) -> JobOut:
+def _record_waiting(
+    name: str, version: int | str, pool: str, item: Item, inputs: list[Any] | Tensor, why: str
+) -> JobOut:
     """The job of a request that is not answered now: recorded as queued, so that the
-    caller can poll it (its worker finishes it when it runs)."""
+    caller can poll it (its worker finishes it when it runs). Inputs the version cannot
+    take are refused here as the worker would refuse them."""
     with session_scope() as s:
         target = store.get_model_version(s, name, version)
-        batch = Batch(name, target.version, target.artifact_uri, target.sha256,
-                      predict_queue(pool), "", [item])  # fmt: skip
+        check_inputs(inputs, target.input_schema)
+        batch = Batch(name, target.version, predict_queue(pool), "", [item])
         record = job_record(batch, item, JobState.queued, stamp=now(), message=why)
         return store.record_waiting(s, record)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -74,3 +75,105 @@ def concurrent(call: Callable[[], object], callers: int, seconds: float) -> Resu
     if errors:
         raise errors[0]
     return Result(len(lat), elapsed, lat)
+
+
+# --- HTTP load from a process of its own ------------------------------------------------
+# Keep-alive connections over asyncio streams, one per caller: a few microseconds of
+# client work per request, so that the figures are the server's, not the client's.
+
+
+def http_load(
+    url: str, body: bytes, callers: int, *, seconds: float = 0, requests: int = 0
+) -> Result:
+    """POST ``body`` to ``url`` from ``callers`` connections, for ``seconds`` or until
+    ``requests`` answers (per caller), in a child process; every answer must be 200."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        f.write(body)
+        f.flush()
+        argv = [sys.executable, "-m", "ops.bench.load", url, f.name, str(callers),
+                str(seconds), str(requests)]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, check=False, timeout=seconds + 600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed: {done.stderr.decode()[-2000:]}")
+    out = json.loads(done.stdout)
+    return Result(out["count"], out["seconds"], out["latencies"])
+
+
+async def _caller(
+    host: str, port: int, request: bytes, until: Callable[[int, float], bool], lat: list[float]
+) -> None:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while not until(len(lat), time.perf_counter()):
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answer = await reader.readexactly(length)
+            if status != 200:
+                raise RuntimeError(f"{status}: {answer[:300]!r}")
+            lat.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def _load(url: str, body: bytes, callers: int, seconds: float, requests: int) -> Result:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = (
+        f"POST {parts.path}?{parts.query} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    request = head.encode() + body
+    warm: list[float] = []
+    await _caller(host, port, request, lambda n, _: n >= 3, warm)
+    deadline = time.perf_counter() + seconds
+
+    def until(n: int, at: float) -> bool:
+        return n >= requests if requests else at >= deadline
+
+    per_caller: list[list[float]] = [[] for _ in range(callers)]
+    started = time.perf_counter()
+    await asyncio.gather(*(_caller(host, port, request, until, lat) for lat in per_caller))
+    elapsed = time.perf_counter() - started
+    latencies = [x for lat in per_caller for x in lat]
+    return Result(len(latencies), elapsed, latencies)
+
+
+def main() -> None:
+    import asyncio
+    import json
+    import sys
+    from pathlib import Path
+
+    url, body_file, callers, seconds, requests = sys.argv[1:6]
+    body = Path(body_file).read_bytes()
+    run: Any = asyncio.run
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        pass
+    result = run(_load(url, body, int(callers), float(seconds), int(requests)))
+    json.dump({"count": result.count, "seconds": result.seconds,
+               "latencies": result.latencies}, sys.stdout)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
-"""Engines and sessions. One engine per URL per process; SQLite is set up for several
-processes writing at once (WAL, a busy timeout)."""
+"""Engines and sessions. One engine per URL per process (two for SQLite: one for reads);
+SQLite is set up for several processes writing at once (WAL, a busy timeout)."""
 
 from __future__ import annotations
 
@@ -36,41 +36,47 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _sqlite_begin_read(conn: sa.Connection) -> None:
+    # A snapshot, no lock: in WAL mode readers never wait for the writer.
+    conn.exec_driver_sql("BEGIN")
+
+
 # One engine per URL for the life of the process (a process uses one or two URLs; an
 # engine dropped from a bounded cache would leave its pooled connections open).
 @cache
-def _engine(url: str) -> sa.Engine:
-    _OPENED.add(url)
-    if url.startswith("sqlite"):
-        path = sa.make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        sa.event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+def _engine(url: str, reading: bool = False) -> sa.Engine:
+    if not url.startswith("sqlite"):
+        _OPENED.add((url, False))
+        return _engine(url) if reading else sa.create_engine(url, pool_pre_ping=True)
+    _OPENED.add((url, reading))
+    path = sa.make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine, "begin", _sqlite_begin_read if reading else _sqlite_begin)
+    return engine
 
 
 @cache
-def _sessionmaker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(_engine(url), expire_on_commit=False)
+def _sessionmaker(url: str, reading: bool = False) -> sessionmaker[Session]:
+    return sessionmaker(_engine(url, reading), expire_on_commit=False)
 
 
 def after_fork() -> None:
     """In a forked child: forget the parent's pooled connections without closing them
     (closing would close the parent's too), so that the child opens its own."""
-    for url in list(_OPENED):
-        _engine(url).dispose(close=False)
+    for url, reading in list(_OPENED):
+        _engine(url, reading).dispose(close=False)
 
 
-_OPENED: set[str] = set()
+_OPENED: set[tuple[str, bool]] = set()
 
 
 def dispose_engines() -> None:
     """Close every pooled connection of this process (at the end of a test session)."""
-    for url in list(_OPENED):
-        _engine(url).dispose()
+    for url, reading in list(_OPENED):
+        _engine(url, reading).dispose()
 
 
 @contextmanager
@@ -84,4 +90,16 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.rollback()
         raise
     finally:
+        session.close()
+
+
+@contextmanager
+def read_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that only reads: on SQLite it takes no lock, so it never waits for a
+    writer (nor a writer for it). Nothing it changes is committed."""
+    session = _sessionmaker(url or get_settings().db_url, reading=True)()
+    try:
+        yield session
+    finally:
+        session.rollback()
         session.close()

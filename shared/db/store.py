@@ -422,26 +422,16 @@ def get_model_version(session: Session, model_name: str, version: int | str) -> 
     return _version_out(row)
 
 
-def serving_target(
-    session: Session, model_name: str, version: int | str
-) -> tuple[ModelVersionOut, BatchingIn]:
-    """The version a sync prediction runs (``latest`` resolved now) and the model's own
-    batching settings, in one query."""
-    query = (
-        sa.select(ModelVersion, RegisteredModel.max_batch_size, RegisteredModel.max_wait_ms)
-        .join(RegisteredModel, RegisteredModel.name == ModelVersion.model_name)
-        .where(ModelVersion.model_name == model_name)
-    )
-    if version == "latest":
-        query = query.order_by(ModelVersion.version.desc()).limit(1)
-    else:
-        query = query.where(ModelVersion.version == int(version))
-    found = session.execute(query).first()
+def model_batching(session: Session, model_name: str) -> BatchingIn:
+    """A model's own batching settings (both None for an unknown model)."""
+    found = session.execute(
+        sa.select(RegisteredModel.max_batch_size, RegisteredModel.max_wait_ms).where(
+            RegisteredModel.name == model_name
+        )
+    ).first()
     if found is None:
-        get_model_version(session, model_name, version)  # raises the right 404
-    assert found is not None
-    row, max_batch_size, max_wait_ms = found
-    return _version_out(row), BatchingIn(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+        return BatchingIn()
+    return BatchingIn(max_batch_size=found[0], max_wait_ms=found[1])
 
 
 def set_batching(session: Session, model_name: str, batching: BatchingIn) -> ModelOut:

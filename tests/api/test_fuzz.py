@@ -18,7 +18,7 @@ from ops import embedded_redis
 from ops.embedded_redis import free_port
 from shared.errors import InvalidSpec
 from shared.schemas import TrainRequest, resolve_train
-from tests.conftest import ADMIN_KEY, AUTH, ROOT
+from tests.conftest import ADMIN_KEY, AUTH, ROOT, fresh_database
 from tests.test_import_rules import serving
 
 json_values = st.recursive(
@@ -94,9 +94,12 @@ def test_validation_refuses_with_a_field_or_accepts_whole(body: dict[str, Any]) 
 def test_schemathesis_finds_no_server_error(
     seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Its own Redis, with no worker: the jobs it submits are recorded, never trained.
+    # Its own Redis and database, with no worker: the jobs it submits are recorded, never
+    # run, and a sync prediction is answered at once (no worker serves its queue).
     redis_proc, url = embedded_redis.start(tmp_path / "redis")
+    db_url, remove_database = fresh_database(tmp_path)
     monkeypatch.setenv("TORCHQUEUE_REDIS_URL", url)
+    monkeypatch.setenv("TORCHQUEUE_DATABASE_URL", db_url)
     log = tmp_path / "api.log"
     try:
         with serving(["api"], free_port(), "/healthz", log) as base:
@@ -130,4 +133,5 @@ def test_schemathesis_finds_no_server_error(
     finally:
         redis_proc.kill()
         redis_proc.wait()
+        remove_database()
     assert "Traceback" not in log.read_text()
