@@ -4,7 +4,7 @@
     with Client("http://127.0.0.1:8000") as tq:
         job = tq.train("iris-mlp", "mlp", {"builtin": "iris"}, training={"epochs": 50})
         job = tq.wait(job["id"])
-        print(tq.predict("iris-mlp", [[5.1, 3.5, 1.4, 0.2]], wait=30)["result"])
+        print(tq.predict_now("iris-mlp", [[5.1, 3.5, 1.4, 0.2]])["outputs"])
 
 The API key comes from ``api_key``, else ``TORCHQUEUE_API_KEY``, else the local admin key
 that ``torchqueue up`` wrote under ``TORCHQUEUE_HOME``. Every method returns the API's JSON
@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -108,6 +109,25 @@ class Client:
             body["wait"] = wait
         timeout = self._http.timeout.read or 30.0
         return self._call("POST", "/v1/jobs/predict", json=body, timeout=timeout + (wait or 0))
+
+    def predict_now(
+        self,
+        model_name: str,
+        inputs: list[Any] | Json,
+        *,
+        version: int | str = "latest",
+        timeout: float | None = None,
+        outputs: str = "json",
+    ) -> Json:
+        """A sync prediction: ``{"job_id", "model_version", "outputs", …}`` at once, or,
+        when it is not done within ``timeout`` seconds (default 10), its job, to ``wait``
+        for (it has ``id`` and ``state``, no ``outputs``)."""
+        body: Json = {"inputs": inputs, "outputs": outputs}
+        if timeout is not None:
+            body["timeout"] = timeout
+        read = (self._http.timeout.read or 30.0) + (timeout or 10.0)
+        path = f"/v1/models/{quote(model_name, safe='')}/predict"
+        return self._call("POST", path, params={"version": version}, json=body, timeout=read)
 
     def job(self, job_id: str) -> Json:
         return self._call("GET", f"/v1/jobs/{job_id}")

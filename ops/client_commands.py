@@ -201,7 +201,7 @@ def _parse_input(text: str) -> Any:
     show_default=True,
     help="seconds to wait for the answer",
 )
-@click.option("--json", "as_json", is_flag=True, help="print the whole job as JSON")
+@click.option("--json", "as_json", is_flag=True, help="print the whole answer as JSON")
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -212,21 +212,22 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict with a model. INPUTS are texts, or feature rows as JSON lists: '[1, 2.5]'."""
-    job = _call(
+    answer = _call(
         ctx,
-        "predict",
+        "predict_now",
         model_name,
         [_parse_input(x) for x in inputs],
         version=int(version) if version.isdigit() else version,
-        wait=wait_,
+        timeout=wait_,
     )
-    if job["state"] not in ("succeeded", "failed", "cancelled"):
-        job = _call(ctx, "wait", job["id"])
+    if "outputs" not in answer:  # not done within the wait: its job
+        answer = _call(ctx, "wait", answer["id"])
+        _summary(answer)
+        answer = {"job_id": answer["id"], **answer["result"]}
     if as_json:
-        _echo_json(job)
+        _echo_json(answer)
         return
-    _summary(job)
-    for text, out in zip(inputs, job["result"]["outputs"], strict=True):
+    for text, out in zip(inputs, answer["outputs"], strict=True):
         click.echo(f"{text}\t{json.dumps(out, ensure_ascii=False)}")
 
 
