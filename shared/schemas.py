@@ -89,7 +89,8 @@ class TrainingConfig(_Strict):
         ge=0,
         le=86_400,
         description="checkpoint at the first epoch end this long after the last one "
-        "(default: every epoch)",
+        "(default: after epoch 1, then as often as costs at most 1% of the time; 0: every "
+        "epoch)",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1)
 

@@ -20,6 +20,10 @@ from shared.artifacts import ArtifactStore
 from shared.errors import ModelLoadError
 
 FORMAT = 1
+# A job with no checkpoint interval of its own checkpoints as often as keeps the writes
+# under this share of its time: every epoch unless epochs last less than a hundred writes,
+# so that a crash costs at most one epoch or a hundred writes' time.
+JOB_SHARE = 0.01
 
 
 @dataclass
@@ -117,23 +121,42 @@ def checkpoint_key(job_id: str) -> str:
 
 
 class Checkpointer:
-    """Where one job's checkpoint lives, and when the next one is due."""
+    """Where one job's checkpoint lives, and when the next one is due: at every epoch end;
+    or at the first epoch end ``every_seconds`` after the last one (0: every epoch); or,
+    with ``max_share``, at the first epoch end at least ``1 / max_share`` times the last
+    write's duration after it, so that writing takes at most that share of the time
+    (every epoch when epochs are long beside a write; the first epoch always)."""
 
-    def __init__(self, store: ArtifactStore, key: str, every_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        key: str,
+        every_seconds: float | None = None,
+        max_share: float | None = None,
+    ) -> None:
         self.store = store
         self.key = key
         self.every_seconds = every_seconds
+        self.max_share = max_share
         self.last = time.monotonic()
+        self.cost = 0.0  # seconds the last checkpoint took to encode and write
         self.saved_epoch = 0
 
     def due(self, final: bool = False) -> bool:
-        if final or not self.every_seconds:
+        if final:
             return True
-        return time.monotonic() - self.last >= self.every_seconds
+        since = time.monotonic() - self.last
+        if self.every_seconds is not None:  # 0: every epoch
+            return since >= self.every_seconds
+        if self.max_share:
+            return since * self.max_share >= self.cost
+        return True
 
     def save(self, state: TrainState) -> None:
+        started = time.monotonic()
         self.store.put_bytes(self.key, encode(state))
         self.last = time.monotonic()
+        self.cost = self.last - started
         self.saved_epoch = state.epoch
 
     def load(self) -> TrainState | None:

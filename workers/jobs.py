@@ -182,7 +182,7 @@ def _tell_flower(progress: dict[str, Any]) -> None:
     from celery import current_task
 
     task = current_task
-    if task is None or not getattr(task.request, "id", None):
+    if not task or not getattr(task.request, "id", None):  # a proxy: None is falsy
         return  # called without Celery (tests, benchmarks)
     shown = " ".join(
         f"{k}={v:.4g}"
@@ -219,14 +219,16 @@ def run_train_job(job_id: str, worker: str) -> None:
     job = _claim(job_id, worker)
     if job is None:
         return
-    from workers.checkpoint import Checkpointer, checkpoint_key
+    from workers.checkpoint import JOB_SHARE, Checkpointer, checkpoint_key
     from workers.training import Interrupted
 
     spec = TrainSpec.model_validate(job.spec)
+    # Without an interval of the job's own, checkpoints take at most JOB_SHARE of its time.
     checkpoints = Checkpointer(
         open_store(),
         checkpoint_key(job.id),
         spec.training.checkpoint_every_seconds,
+        max_share=JOB_SHARE,
     )
     _TRAINING.set()
     with Lease(job.id, worker, get_settings().heartbeat_seconds) as lease:

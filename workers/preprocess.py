@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from shared.errors import BadData
@@ -45,12 +46,15 @@ class Tokenizer:
         return len(self.vocab) + 2
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        out = torch.full((len(texts), self.max_len), PAD, dtype=torch.long)
+        # Rows filled in a NumPy array: a tensor operation per text costs more than the
+        # tokenizing does.
+        out = np.full((len(texts), self.max_len), PAD, dtype=np.int64)
+        vocab, oov = self.vocab, OOV
         for row, text in enumerate(texts):
-            ids = [self.vocab.get(tok, OOV) for tok in tokenize(text)][-self.max_len :]
+            ids = [vocab.get(tok, oov) for tok in tokenize(text)][-self.max_len :]
             if ids:
-                out[row, self.max_len - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        return out
+                out[row, self.max_len - len(ids) :] = ids
+        return torch.from_numpy(out)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,7 +100,10 @@ class Standardizer:
 
 def feature_tensor(rows: Sequence[Any]) -> torch.Tensor:
     try:
-        x = torch.tensor(rows, dtype=torch.float32)
+        if isinstance(rows, torch.Tensor):
+            x = rows.to(torch.float32)
+        else:
+            x = torch.tensor(rows, dtype=torch.float32)
     except (TypeError, ValueError) as exc:
         raise BadData(f"feature rows must be lists of numbers of one length: {exc}") from None
     if x.ndim != 2:

@@ -1,19 +1,20 @@
 """The training loop: one plain function that tests call without Celery.
 
-Data sets here fit in memory, so they become tensors on the device once, and batches are
-slices of a shuffled index: no per-sample DataLoader, which costs most of the time on
-small models (``ops/bench/train_loop.py`` measures it).
+Data sets here fit in memory, so they become tensors on the device once; each epoch
+gathers its shuffled rows a block at a time, and batches are views of that block: no
+per-sample DataLoader, which costs most of the time on small models
+(``ops/bench/train_loop.py`` measures it). Nothing waits on the device inside an epoch:
+losses and predictions are tallied once per block, and read once per epoch.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -26,6 +27,10 @@ from workers.families import BUILDERS, Preprocessor
 from workers.preprocess import LabelEncoder, TargetScaler
 
 EVAL_BATCH = 4096
+# An epoch's shuffled rows are copied into contiguous blocks of at most this many rows
+# (and bytes), so that a batch is a view rather than a gather of its own.
+BLOCK_ROWS = 8192
+BLOCK_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -51,10 +56,10 @@ class Head:
 
     def __init__(self, kind: str):
         self.kind = kind
-        losses: dict[str, nn.Module] = {
-            "bce": nn.BCEWithLogitsLoss(),
-            "ce": nn.CrossEntropyLoss(),
-            "mse": nn.MSELoss(),
+        losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+            "bce": nn.functional.binary_cross_entropy_with_logits,
+            "ce": nn.functional.cross_entropy,
+            "mse": nn.functional.mse_loss,
         }
         self.loss_fn = losses[kind]
 
@@ -69,6 +74,13 @@ class Head:
         if self.kind == "ce":
             return out.argmax(dim=-1)
         return out.squeeze(-1).float()
+
+    def score(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed over the rows: correct answers, or squared errors (standardized)."""
+        pred = self.predicted(out)
+        if self.kind == "mse":
+            return ((pred - y) ** 2).sum()
+        return (pred == y.long()).sum().float()
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,38 +115,54 @@ class _Data:
     y: torch.Tensor
 
 
+def _forward(module: nn.Module, amp: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The module's forward pass, under bf16 autocast when ``amp`` (GPUs)."""
+    if not amp:
+        return module
+
+    def autocast(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return module(x)
+
+    return autocast
+
+
 def _evaluate(
     module: nn.Module, head: Head, d: _Data, target: dict[str, Any], amp: bool
 ) -> dict[str, float]:
+    """Loss and score over ``d``, in large batches under inference mode, read once."""
     module.eval()
-    total, score = 0.0, 0.0
-    with torch.no_grad():
+    forward = _forward(module, amp)
+    with torch.inference_mode():
+        sums = []
         for start in range(0, len(d.x), EVAL_BATCH):
             xb, yb = d.x[start : start + EVAL_BATCH], d.y[start : start + EVAL_BATCH]
-            with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
-                out = module(xb)
-            total += float(head.loss(out, yb)) * len(xb)
-            pred = head.predicted(out)
-            if head.kind == "mse":
-                std = target["std"]
-                score += float(((pred - yb) ** 2).sum()) * std * std
-            else:
-                score += float((pred == yb.long()).sum())
+            out = forward(xb)
+            sums.append(torch.stack([head.loss(out, yb) * len(xb), head.score(out, yb)]))
+        total, score = (sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).tolist()
     n = max(len(d.x), 1)
-    name = "mse" if head.kind == "mse" else "accuracy"
-    return {"loss": total / n, name: score / n}
+    if head.kind == "mse":
+        return {"loss": total / n, "mse": score / n * target["std"] ** 2}
+    return {"loss": total / n, "accuracy": score / n}
 
 
-def _optimizer(spec: TrainSpec, module: nn.Module) -> torch.optim.Optimizer:
+def _optimizer(spec: TrainSpec, module: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """Adam or SGD, with the fused kernels on CPUs and GPUs: one call updates every
+    parameter (the same arithmetic as the per-parameter loop, a quarter less time per step
+    for a small MLP on the CPU)."""
     t = spec.training
+    fused = True if device.type in ("cpu", "cuda") else None
     if t.optimizer == "sgd":
         return torch.optim.SGD(
             module.parameters(),
             lr=t.learning_rate,
             momentum=t.momentum,
             weight_decay=t.weight_decay,
+            fused=fused,
         )
-    return torch.optim.Adam(module.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    return torch.optim.Adam(
+        module.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused
+    )
 
 
 class Interrupted(Exception):
@@ -178,6 +206,13 @@ class Dist:
         return t
 
 
+def _block_rows(d: _Data, batch_size: int) -> int:
+    """Rows per contiguous block: whole batches, within BLOCK_ROWS and BLOCK_BYTES."""
+    row_bytes = max(d.x[:1].numel() * d.x.element_size(), 1)
+    rows = min(BLOCK_ROWS, BLOCK_BYTES // row_bytes)
+    return max(rows // batch_size, 1) * batch_size
+
+
 def _train_epoch(
     module: nn.Module,
     head: Head,
@@ -189,27 +224,45 @@ def _train_epoch(
     should_stop: Callable[[], bool],
     dist: Dist,
 ) -> torch.Tensor:
-    """One pass over the training rows (this rank's share); returns the loss summed over
-    every rank and the rows it covered. ``should_stop`` is asked before every batch:
-    cancelling costs at most one batch."""
+    """One pass over the training rows (this rank's share); returns, summed over every
+    rank, the loss summed over the rows, the score (correct answers; 0 for regression)
+    and the rows covered. ``should_stop`` is asked before every batch: cancelling costs
+    at most one batch."""
     module.train()
-    perm = dist.shard(torch.randperm(len(d.x), generator=gen)).to(d.x.device)
+    device = d.x.device
+    forward = _forward(module, amp)
+    perm = dist.shard(torch.randperm(len(d.x), generator=gen)).to(device)
     batch_size = max(batch_size // dist.world, 1)
-    total = torch.zeros(2, device=d.x.device)
-    for start in range(0, len(perm), batch_size):
-        if dist.any(should_stop(), d.x.device):
-            raise Interrupted(0)
-        idx = perm[start : start + batch_size]
-        xb, yb = d.x[idx], d.y[idx]
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = module(xb)
-        loss = head.loss(out, yb)
-        loss.backward()
-        opt.step()
-        total[0] += loss.detach() * len(idx)
-        total[1] += len(idx)
-    return dist.total(total)
+    per_block = _block_rows(d, batch_size)
+    # What ``opt.zero_grad(set_to_none=True)`` does, without its per-call bookkeeping.
+    params = [p for group in opt.param_groups for p in group["params"]]
+    loss_sum = torch.zeros((), device=device)
+    score = torch.zeros((), device=device)
+    for first in range(0, len(perm), per_block):
+        idx = perm[first : first + per_block]
+        xs, ys = d.x[idx], d.y[idx]
+        losses: list[torch.Tensor] = []
+        outs: list[torch.Tensor] = []
+        for start in range(0, len(idx), batch_size):
+            if dist.any(should_stop(), device):
+                raise Interrupted(0)
+            xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
+            for p in params:
+                p.grad = None
+            out = forward(xb)
+            loss = head.loss(out, yb)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+            outs.append(out.detach())
+        # Every batch but the block's last is whole: weigh each mean by its rows.
+        last = len(idx) - batch_size * (len(losses) - 1)
+        stacked = torch.stack(losses)
+        loss_sum += stacked.sum() * batch_size + stacked[-1] * (last - batch_size)
+        if head.kind != "mse":
+            score += head.score(torch.cat(outs), ys)
+    rows = torch.tensor(float(len(perm)), device=device)
+    return dist.total(torch.stack([loss_sum, score, rows]))
 
 
 def _never() -> bool:
@@ -251,6 +304,13 @@ class _Run:
     amp: bool
 
 
+def _take(inputs: Sequence[Any], idx: torch.Tensor) -> Sequence[Any]:
+    """The rows at ``idx``: a slice of a tensor of rows, or a list of the others."""
+    if isinstance(inputs, torch.Tensor):
+        return cast(Sequence[Any], inputs[idx])
+    return [inputs[i] for i in idx.tolist()]
+
+
 def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -> _Run:
     """Data as tensors on the device, the model, its optimizer and generators; the
     preprocessing comes from the checkpoint when resuming."""
@@ -264,7 +324,7 @@ def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -
     if resume is not None:
         pre = builder.load_preprocessor(resume.meta["preprocessor"])
     else:
-        pre = builder.fit_preprocessor(spec.params, [raw.inputs[i] for i in train_idx.tolist()])
+        pre = builder.fit_preprocessor(spec.params, _take(raw.inputs, train_idx))
     x = pre.encode(raw.inputs)
     tr = _Data(x[train_idx].to(device), y[train_idx].to(device))
     va = _Data(x[val_idx].to(device), y[val_idx].to(device))
@@ -281,7 +341,7 @@ def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -
         net=module,
         module=module,
         head=Head(head_kind),
-        opt=_optimizer(spec, module),
+        opt=_optimizer(spec, module, device),
         gen=torch.Generator().manual_seed(t.seed + 1),
         stopper=EarlyStopping(t.early_stopping_patience if len(va.x) else None),
         baseline=_baseline_mse(tr, va, target) if head_kind == "mse" else None,
@@ -306,14 +366,19 @@ def _epoch(run: _Run, epoch: int, hooks: Hooks, dist: Dist) -> dict[str, Any]:
         )
     except Interrupted:
         raise Interrupted(epoch) from None
-    total, rows = float(summed[0]), max(float(summed[1]), 1.0)
+    total, score, rows = summed.tolist()
+    rows = max(rows, 1.0)
     if not math.isfinite(total):
         raise NonFiniteLoss(
             f"the training loss became {total} in epoch {epoch}; "
             "try a lower learning rate or standardized inputs"
         )
-    record = {"epoch": epoch, "train_loss": total / rows}
-    record |= _scores(run.net, run.head, run.tr, run.va, run.target, run.amp, run.baseline)
+    record: dict[str, Any] = {"epoch": epoch, "train_loss": total / rows}
+    if run.head.kind == "mse":
+        record["train_mse"] = total / rows * run.target["std"] ** 2
+    else:
+        record["train_accuracy"] = score / rows
+    record |= _validation(run)
     record["seconds"] = round(time.perf_counter() - started, 4)
     return record | hooks.record_extra
 
@@ -356,7 +421,8 @@ def train(
         saving = hooks.checkpointer is not None and dist.leader
         if saving and hooks.checkpointer.due(final=run.stopper.stopped):  # type: ignore[union-attr]
             hooks.checkpointer.save(_state(epoch, run, history))  # type: ignore[union-attr]
-        # After the checkpoint: progress that shows epoch k means a crash resumes from k.
+        # After the checkpoint: progress that shows epoch k means a crash resumes from k
+        # (or, where checkpoints skip short epochs, from the last one written).
         if on_epoch is not None:
             on_epoch(record)
 
@@ -421,23 +487,15 @@ def _restore(state: TrainState, run: _Run) -> list[dict[str, Any]]:
     return list(state.history)
 
 
-def _scores(
-    module: nn.Module,
-    head: Head,
-    tr: _Data,
-    va: _Data,
-    target: dict[str, Any],
-    amp: bool,
-    baseline: float | None,
-) -> dict[str, float]:
-    """The epoch's scores: training accuracy (or MSE), and validation loss and score."""
-    score = "mse" if head.kind == "mse" else "accuracy"
-    out = {f"train_{score}": _evaluate(module, head, tr, target, amp)[score]}
-    if len(va.x):
-        val = _evaluate(module, head, va, target, amp)
-        out |= {"val_loss": val["loss"], f"val_{score}": val[score]}
-        if baseline is not None:
-            out["val_baseline_mse"] = baseline
+def _validation(run: _Run) -> dict[str, float]:
+    """The epoch's validation loss and score (accuracy, or MSE beside the baseline's)."""
+    if not len(run.va.x):
+        return {}
+    score = "mse" if run.head.kind == "mse" else "accuracy"
+    val = _evaluate(run.net, run.head, run.va, run.target, run.amp)
+    out = {"val_loss": val["loss"], f"val_{score}": val[score]}
+    if run.baseline is not None:
+        out["val_baseline_mse"] = run.baseline
     return out
 
 
@@ -453,7 +511,8 @@ class EarlyStopping:
         if not self.patience:
             return False
         if self.best is None or record["val_loss"] < self.best[0]:
-            self.best = (record["val_loss"], record["epoch"], copy.deepcopy(module.state_dict()))
+            weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            self.best = (record["val_loss"], record["epoch"], weights)
         elif record["epoch"] - self.best[1] >= self.patience:
             self.stopped = True
         return self.stopped

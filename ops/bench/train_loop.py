@@ -1,9 +1,13 @@
-"""Training throughput: slicing tensors already in memory (what ``workers.training`` does)
-against a per-sample ``DataLoader`` over the same tensors, same model, same batches.
+"""Training throughput, one epoch at a time, same model, data, batches and optimizer (the
+fused kernels the training loop uses): a per-sample ``DataLoader`` over the tensors, a
+plain loop slicing the tensors already in memory, and ``workers.training``'s own epoch
+(blocks of contiguous rows, losses and scores tallied once per block, a cancel check
+before every batch), and its per-epoch validation.
 
     .venv/bin/python -m ops.bench.train_loop [--epochs 5] [--threads 1]
 
-Prints samples per second for both, side by side, measured in the same run.
+Prints samples per second side by side, each the best of ``--epochs`` epochs, measured in
+turns in the same run so that a busy machine slows them alike.
 """
 
 from __future__ import annotations
@@ -13,13 +17,10 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from shared.schemas import TrainRequest, resolve_train
-from workers import data
-from workers.families import BUILDERS
-from workers.preprocess import LabelEncoder
+from workers import training
 
 CASES = {
     "mlp/digits": ("mlp", "digits", 64),
@@ -27,51 +28,55 @@ CASES = {
 }
 
 
-def _setup(family: str, dataset: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def _setup(family: str, dataset: str, batch_size: int) -> training._Run:
     spec = resolve_train(
         TrainRequest.model_validate(
-            {"model_name": "bench", "family": family, "dataset": {"builtin": dataset}}
+            {
+                "model_name": "bench",
+                "family": family,
+                "dataset": {"builtin": dataset},
+                "training": {"batch_size": batch_size},
+            }
         )
     )
-    raw = data.load(spec.dataset)
-    builder = BUILDERS[family]
-    pre = builder.fit_preprocessor(spec.params, raw.inputs)
-    enc = LabelEncoder().fit(raw.labels)
-    torch.manual_seed(0)
-    model = builder.build(spec.params, pre, len(enc.classes))
-    return model, pre.encode(raw.inputs), enc.encode(raw.labels)
+    return training._prepare(spec, torch.device("cpu"), None)
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> None:
-    opt.zero_grad(set_to_none=True)
-    nn.functional.cross_entropy(model(xb), yb).backward()
-    opt.step()
+def _step(run: training._Run, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    run.opt.zero_grad(set_to_none=True)
+    run.head.loss(run.net(xb), yb).backward()
+    run.opt.step()
 
 
-def in_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int, epochs: int) -> None:
-    opt = torch.optim.Adam(model.parameters())
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), bs):
-            idx = perm[start : start + bs]
-            _step(model, opt, x[idx], y[idx])
+def in_memory(run: training._Run, bs: int) -> None:
+    x, y = run.tr.x, run.tr.y
+    run.net.train()
+    perm = torch.randperm(len(x), generator=run.gen)
+    for start in range(0, len(x), bs):
+        idx = perm[start : start + bs]
+        _step(run, x[idx], y[idx])
 
 
-def data_loader(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int, epochs: int) -> None:
-    opt = torch.optim.Adam(model.parameters())
-    loader = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True)
-    for _ in range(epochs):
+def loaders(run: training._Run, bs: int) -> Callable[[training._Run, int], None]:
+    loader = DataLoader(TensorDataset(run.tr.x, run.tr.y), batch_size=bs, shuffle=True)
+
+    def data_loader(run: training._Run, bs: int) -> None:
+        run.net.train()
         for xb, yb in loader:
-            _step(model, opt, xb, yb)
+            _step(run, xb, yb)
+
+    return data_loader
 
 
-def _rate(fn: Callable[..., None], family: str, dataset: str, bs: int, epochs: int) -> float:
-    model, x, y = _setup(family, dataset)
-    fn(model, x, y, bs, 1)  # warm up
-    started = time.perf_counter()
-    fn(model, x, y, bs, epochs)
-    return len(x) * epochs / (time.perf_counter() - started)
+def torchqueue(run: training._Run, bs: int) -> None:
+    summed = training._train_epoch(
+        run.net, run.head, run.opt, run.tr, bs, run.gen, False, training._never, training.Dist()
+    )
+    summed.tolist()
+
+
+def validation(run: training._Run, bs: int) -> None:
+    training._validation(run)
 
 
 def main() -> None:
@@ -80,11 +85,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{'case':22} {'batch':>5} {'DataLoader':>12} {'in memory':>12} {'speed-up':>9}")
+    print(
+        f"{'case':22} {'batch':>5} {'DataLoader':>12} {'in memory':>12} {'torchqueue':>12}"
+        f" {'tq/in memory':>13} {'validation':>11}"
+    )
     for name, (family, dataset, bs) in CASES.items():
-        baseline = _rate(data_loader, family, dataset, bs, args.epochs)
-        ours = _rate(in_memory, family, dataset, bs, args.epochs)
-        print(f"{name:22} {bs:5d} {baseline:10.0f}/s {ours:10.0f}/s {ours / baseline:8.2f}x")
+        run = _setup(family, dataset, bs)
+        fns: dict[str, Callable[[training._Run, int], None]] = {
+            "loader": loaders(run, bs),
+            "memory": in_memory,
+            "torchqueue": torchqueue,
+            "validation": validation,
+        }
+        best = dict.fromkeys(fns, float("inf"))
+        for epoch in range(args.epochs + 1):
+            for key, fn in fns.items():
+                started = time.perf_counter()
+                fn(run, bs)
+                if epoch:  # the first is a warm-up
+                    best[key] = min(best[key], time.perf_counter() - started)
+        rate = {k: len(run.tr.x) / v for k, v in best.items()}
+        share = best["validation"] / best["torchqueue"]
+        print(
+            f"{name:22} {bs:5d} {rate['loader']:10.0f}/s {rate['memory']:10.0f}/s "
+            f"{rate['torchqueue']:10.0f}/s {rate['torchqueue'] / rate['memory']:12.2f}x "
+            f"{share:10.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 
 from shared.artifacts import LocalArtifactStore
 from shared.schemas import TrainRequest, TrainSpec, resolve_train
-from workers.checkpoint import Checkpointer
+from workers.checkpoint import JOB_SHARE, Checkpointer
 from workers.training import Hooks, Interrupted, train
 
 
@@ -85,3 +85,56 @@ def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path: Path) -> None:
     trained = train(other, hooks=Hooks(checkpointer=checkpoints, on_resume=resumed.append))
     assert resumed == []
     assert len(trained.history) == 3
+
+
+def _stop_after(epoch: int, checkpoints: Checkpointer, seen: list[int]) -> Hooks:
+    """Hooks that note each epoch and stop the run in the epoch after ``epoch``."""
+    stop = {"now": False}
+
+    def note(record: dict[str, Any]) -> None:
+        seen.append(record["epoch"])
+        stop["now"] = record["epoch"] >= epoch
+
+    return Hooks(on_epoch=note, should_stop=lambda: stop["now"], checkpointer=checkpoints)
+
+
+def test_a_job_resumes_from_its_last_checkpoint_when_short_epochs_were_not_all_saved(
+    tmp_path: Path,
+) -> None:
+    """Under a job's policy (checkpoints take at most JOB_SHARE of the time), epochs of
+    milliseconds are not each checkpointed: a stopped run resumes from the last one
+    written, trains the epochs after it again, and ends like an uninterrupted run."""
+    spec = _spec("mlp", "iris", {}, epochs=30, learning_rate=0.05, seed=4)
+    whole = train(spec)
+    store = LocalArtifactStore(tmp_path)
+    checkpoints = Checkpointer(store, "checkpoints/job/checkpoint", max_share=JOB_SHARE)
+    seen: list[int] = []
+    with pytest.raises(Interrupted):
+        train(spec, hooks=_stop_after(20, checkpoints, seen))
+    saved = checkpoints.saved_epoch
+    assert 1 <= saved <= 20
+
+    again = Checkpointer(store, "checkpoints/job/checkpoint", max_share=JOB_SHARE)
+    resumed_from: list[int] = []
+    hooks = Hooks(
+        on_epoch=lambda r: seen.append(r["epoch"]),
+        on_resume=resumed_from.append,
+        checkpointer=again,
+    )
+    resumed = train(spec, hooks=hooks)
+
+    assert resumed_from == [saved]
+    assert seen == list(range(1, 21)) + list(range(saved + 1, 31))
+    assert [r["epoch"] for r in resumed.history] == list(range(1, 31))
+    for key, value in whole.metrics.items():
+        assert resumed.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_an_interval_of_zero_checkpoints_every_epoch_whatever_the_share(tmp_path: Path) -> None:
+    spec = _spec("mlp", "iris", {}, epochs=30, learning_rate=0.05)
+    checkpoints = Checkpointer(
+        LocalArtifactStore(tmp_path), "checkpoints/job/checkpoint", 0, max_share=JOB_SHARE
+    )
+    with pytest.raises(Interrupted):
+        train(spec, hooks=_stop_after(12, checkpoints, []))
+    assert checkpoints.saved_epoch == 12

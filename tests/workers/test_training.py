@@ -89,3 +89,23 @@ def test_a_diverging_loss_fails_with_a_reason() -> None:
             optimizer="sgd",
             momentum=0.9,
         )
+
+
+def test_a_regression_reports_its_errors_in_the_units_of_its_target() -> None:
+    trained = _train("mlp", {"builtin": "diabetes"}, {"hidden_sizes": [16]}, epochs=2)
+    first = trained.history[0]
+    # Diabetes targets run from 25 to 346: squared errors in their units are in the
+    # thousands, as the baseline's are, not near 1 as on the standardized scale.
+    assert first["val_baseline_mse"] > 1000
+    assert first["train_mse"] > 0.1 * first["val_baseline_mse"]
+    assert first["val_mse"] > 0.1 * first["val_baseline_mse"]
+
+
+def test_every_epoch_reports_training_and_validation_scores_between_0_and_1() -> None:
+    trained = _train("mlp", {"builtin": "digits"}, epochs=3, batch_size=50)
+    for record in trained.history:
+        assert 0 <= record["train_accuracy"] <= 1
+        assert 0 <= record["val_accuracy"] <= 1
+        assert record["train_loss"] > 0 and record["val_loss"] > 0
+    # Digits is easy: three epochs of an MLP get most of the validation rows right.
+    assert trained.history[-1]["val_accuracy"] > 0.8
