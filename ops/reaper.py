@@ -7,7 +7,8 @@ Every action is a conditional UPDATE, so even two reapers acting at once would b
   checkpoint) and is sent again; after ``max_attempts`` it fails with the reason; a
   ``cancelling`` one becomes ``cancelled``.
 - A job queued for longer than ``resend_after_seconds`` whose message the broker no
-  longer holds (never sent, or lost in a Redis restart) is sent again.
+  longer holds (never sent, lost in a Redis restart, or delivered to a worker that died
+  before it claimed the job) is sent again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -29,6 +31,9 @@ from shared.db.session import session_scope
 from shared.enqueue import send_job
 from shared.errors import Unavailable
 from shared.schemas import JobOut
+
+# The Redis transport's delivered, unacknowledged messages: tag → message, tag → when.
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
 log = logging.getLogger("torchqueue.reaper")
 LOCK = "reaper"
@@ -50,18 +55,22 @@ def _job_ids(raw: bytes | str, carried: bool = True) -> list[str]:
     return [str(i) for i in ids if i]
 
 
-def broker_job_ids(client: redis.Redis) -> set[str]:
-    """The job ids of every message the broker holds: waiting in a queue (any priority)
-    or delivered and not yet acknowledged. A batch of sync predictions counts only while
-    it waits: delivered, it is done in moments, so one whose jobs are still queued a
-    minute later was taken by a worker that died."""
+def broker_job_ids(client: redis.Redis, delivered_within: float) -> set[str]:
+    """The job ids of every message the broker holds: waiting in a queue (any priority),
+    or delivered to a worker within the last ``delivered_within`` seconds and not yet
+    acknowledged. A delivered message whose job is still queued after that long was taken
+    by a worker that died before it claimed the job (it stays unacknowledged for the
+    visibility timeout, a week). A batch of sync predictions counts only while it waits:
+    delivered, it is done in moments."""
     ids: set[str] = set()
     for queue in (QUEUE_TRAIN, QUEUE_PREDICT):
         for key in client.scan_iter(match=f"{queue}*", _type="list"):
             for raw in client.lrange(key, 0, -1):
                 ids.update(_job_ids(raw))
-    for raw in client.hvals("unacked"):
-        ids.update(_job_ids(raw, carried=False))
+    recent = set(client.zrangebyscore(UNACKED_INDEX, time.time() - delivered_within, "+inf"))
+    for tag, raw in client.hscan_iter(UNACKED):
+        if tag in recent:
+            ids.update(_job_ids(raw, carried=False))
     return ids
 
 
@@ -104,7 +113,7 @@ class Reaper:
             return 0
         try:
             client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=5)
-            held = broker_job_ids(client)
+            held = broker_job_ids(client, self.settings.resend_after_seconds)
             client.close()
         except redis.RedisError as exc:
             log.warning("cannot read the broker (%s); %d queued jobs wait", exc, len(stale))

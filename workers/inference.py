@@ -24,7 +24,7 @@ from workers.devices import torch_device
 # Below this many rows a forward pass of the models we serve runs faster on one thread
 # than on two: splitting the work costs more than it saves (``make bench`` measures it).
 SMALL_BATCH_ROWS = 32
-# What torch chose for this process, before any pass changed it.
+# What this process was given (set when the worker started, before this is imported).
 _DEFAULT_THREADS = torch.get_num_threads()
 
 _lock = threading.Lock()
@@ -76,10 +76,10 @@ def cached() -> list[tuple[str, int]]:
 
 def threads_for(rows: int) -> int:
     """One thread for a small batch; for a large one, what the worker was given
-    (``TORCHQUEUE_TORCH_THREADS``, else every core torch sees)."""
+    (``workers.main.torch_threads``)."""
     if rows < SMALL_BATCH_ROWS:
         return 1
-    return get_settings().torch_threads or _DEFAULT_THREADS
+    return _DEFAULT_THREADS
 
 
 def forward(model: modelio.LoadedModel, x: torch.Tensor) -> torch.Tensor:

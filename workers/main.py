@@ -34,12 +34,16 @@ MAX_MEMORY_PER_CHILD_KB = 16 * 1024 * 1024
 
 def _child_init(**_: Any) -> None:
     """In the prefork child as it starts: drop the database connections inherited from
-    the parent (a socket shared by two processes corrupts both), and load torch, so that
-    the first job doesn't wait."""
+    the parent (a socket shared by two processes corrupts both), and load torch and what
+    training imports, so that the first job doesn't wait."""
     from shared.db.session import after_fork
 
     after_fork()
     _load_torch()
+    # What the first training job would otherwise wait for (about 2 s): the optimizers'
+    # fused paths load torch._dynamo, the built-in data sets scikit-learn.
+    import sklearn.datasets  # noqa: F401
+    import torch._dynamo  # noqa: F401
 
 
 def _record_pending(**_: Any) -> None:
@@ -51,14 +55,36 @@ def _record_pending(**_: Any) -> None:
         close_writer()
 
 
+# Threads torch may use in this worker process, chosen before the pool starts.
+_THREADS = 0
+
+
+def torch_threads(group: DeviceGroup, predict_only: bool, gpus_on_host: int) -> int:
+    """The thread rule (README, Performance), unless TORCHQUEUE_TORCH_THREADS says:
+    - a GPU worker: the GPU does the arithmetic; a few threads feed it, at most 4, and
+      the host's cores are shared among its GPUs' workers;
+    - a CPU prediction worker: every core (a batch under 32 rows then runs on one thread:
+      ``workers.inference.threads_for``);
+    - a CPU training worker: half the cores, since the host also runs a prediction worker
+      and the API; two processes asking for every core slow each other several times over.
+    0 means: leave torch's own choice."""
+    from shared.config import get_settings
+
+    configured = get_settings().torch_threads
+    if configured > 0:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if group.gpus:
+        return max(1, min(4, cores // max(1, gpus_on_host)))
+    return 0 if predict_only else max(1, cores // 2)
+
+
 def _load_torch() -> None:
     import torch
 
-    from shared.config import get_settings
-
-    threads = get_settings().torch_threads
-    if threads > 0:
-        torch.set_num_threads(threads)
+    if _THREADS > 0:
+        torch.set_num_threads(_THREADS)
 
 
 def node_name(group: DeviceGroup, kinds: tuple[str, ...]) -> str:
@@ -163,6 +189,9 @@ def run_worker(
     app = get_celery()
     import workers.tasks  # noqa: F401  registers the tasks with the app
 
+    global _THREADS
+    _THREADS = torch_threads(group, QUEUE_TRAIN not in kinds, len(discover_gpus()))
+    log.info("torch threads per process: %s", _THREADS or "torch's default")
     worker_process_init.connect(_child_init, weak=False)
     worker_process_shutdown.connect(_record_pending, weak=False)
     worker_shutdown.connect(_record_pending, weak=False)

@@ -124,10 +124,12 @@ _versions: dict[tuple[str, int], ModelVersionOut] = {}
 
 
 def _resolve(model: str, version: int | str) -> ModelVersionOut:
-    if isinstance(version, int) and (model, version) in _versions:
-        return _versions[(model, version)]
     try:
         with read_scope() as s:
+            if version == "latest":  # one indexed lookup; the version's row is kept
+                version = store.latest_version(s, model) or "latest"
+            if isinstance(version, int) and (model, version) in _versions:
+                return _versions[(model, version)]
             found = store.get_model_version(s, model, version)
     except DatabaseError as exc:
         raise Unavailable(f"the database cannot be reached: {exc}") from None

@@ -422,6 +422,14 @@ def get_model_version(session: Session, model_name: str, version: int | str) -> 
     return _version_out(row)
 
 
+def latest_version(session: Session, model_name: str) -> int | None:
+    """The number of a model's latest version (None: no version, or no model)."""
+    found = session.execute(
+        sa.select(sa.func.max(ModelVersion.version)).where(ModelVersion.model_name == model_name)
+    ).scalar()
+    return int(found) if found is not None else None
+
+
 def model_batching(session: Session, model_name: str) -> BatchingIn:
     """A model's own batching settings (both None for an unknown model)."""
     found = session.execute(
