@@ -3,9 +3,12 @@ forward pass, each caller's answer published to the API process that waits for i
 every request recorded as a finished prediction job by a writer thread, in batched
 transactions that stay off the callers' path.
 
-A request whose inputs the model cannot take fails alone (422); a model that cannot be
-loaded, or a forward pass that fails, fails the whole batch (502). Either way the job is
-recorded with the reason.
+The worker resolves the version (``latest`` once per batch) and checks each request
+against it. As on the job route, what is refused before it runs is answered and not
+recorded: an unknown model or version (404), inputs the version cannot take (422, with
+the field). What fails while it runs is answered and recorded as a failed job: data that
+turns out bad (a NaN in a tensor: 422, that request alone), a model that cannot be loaded
+or a forward pass that fails (502, the whole batch).
 """
 
 from __future__ import annotations
