@@ -88,7 +88,16 @@ class Standardizer:
 
     def encode(self, rows: Sequence[Sequence[float]] | torch.Tensor) -> torch.Tensor:
         x = rows if isinstance(rows, torch.Tensor) else feature_tensor(rows)
-        return (x - torch.tensor(self.mean)) / torch.tensor(self.std)
+        mean, std = self._tensors()
+        return (x - mean) / std
+
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as tensors, made once (a model in the cache encodes every call)."""
+        made = getattr(self, "_made", None)
+        if made is None or made[0] is not self.mean or made[1] is not self.std:
+            made = (self.mean, self.std, torch.tensor(self.mean), torch.tensor(self.std))
+            self._made = made
+        return made[2], made[3]
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "standardizer", "mean": self.mean, "std": self.std}

@@ -249,8 +249,8 @@ def record_predictions(session: Session, records: list[dict[str, Any]]) -> int:
         session.execute(sa.select(Job.id, Job.state).where(Job.id.in_(ids))).tuples().all()
     )
     new = [r for r in records if r["id"] not in existing]
-    if new:
-        session.execute(sa.insert(Job), new)
+    if new:  # the table's insert, not the ORM's: one executemany, no objects
+        session.execute(_table(Job).insert(), new)
     written = len(new)
     for r in records:
         if existing.get(r["id"]) is JobState.queued:
@@ -266,8 +266,13 @@ def record_predictions(session: Session, records: list[dict[str, Any]]) -> int:
         if r["id"] not in existing or existing[r["id"]] is JobState.queued
     ]  # fmt: skip
     if events:
-        session.execute(sa.insert(JobEvent), events)
+        session.execute(_table(JobEvent).insert(), events)
     return written
+
+
+def _table(model: type[Any]) -> sa.Table:
+    table: sa.Table = model.__table__
+    return table
 
 
 def record_waiting(session: Session, record: dict[str, Any]) -> JobOut:
