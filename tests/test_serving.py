@@ -301,7 +301,7 @@ def test_a_worker_killed_during_a_batch_loses_no_prediction(fleet: Fleet, api_cl
 
     fleet.worker(*worker, name="cpu-predict@")  # the reaper sends it again; this one runs it
     done = wait_job(api_client, job["id"], timeout=90)
-    assert done["state"] == "succeeded", done
+    assert done["state"] == "succeeded", (done["error"], done["message"])
     assert done["result"]["outputs"]["shape"] == [10_000, 3]
     events = [e["kind"] for e in api_client.get(f"/v1/jobs/{job['id']}/events").json()]
     assert "resent" in events and events[-1] == "succeeded"

@@ -338,33 +338,39 @@ def run_predict_job(job_id: str, worker: str) -> None:
     job = _claim(job_id, worker)
     if job is None:
         return
-    try:
-        from workers import inference
-        from workers.devices import torch_device
-        from workers.usage import Meter
+    # A large prediction may outlast the lease: it is renewed as for a training job.
+    with Lease(job.id, worker, get_settings().heartbeat_seconds):
+        try:
+            _predict(job, worker)
+        except TRANSIENT as exc:
+            _give_back(job, worker, f"transient error on {worker}: {exc}; requeued")
+        except Exception as exc:
+            _fail(job.id, worker, exc)
 
-        meter = Meter(torch_device())
-        spec = PredictSpec.model_validate(job.spec)
-        with session_scope() as s:
-            version = store.get_model_version(s, spec.model_name, spec.version)
-        inputs = spec.inputs.model_dump() if isinstance(spec.inputs, Tensor) else spec.inputs
-        outputs = inference.predict(version, inputs, spec.outputs)
-        result = {"model_name": spec.model_name, "model_version": spec.version, "outputs": outputs}
-        if spec.outputs == "tensor":
-            result["classes"] = inference.get_model(version).classes
-        rows = input_rows(spec.inputs)
-        with session_scope() as s:
-            store.finish_job(
-                s,
-                job_id,
-                JobState.succeeded,
-                worker=worker,
-                result=result,
-                message=f"{rows} outputs",
-                usage=meter.finish(rows),
-            )
-        notify.job_done(job_id)
-    except TRANSIENT as exc:
-        _give_back(job, worker, f"transient error on {worker}: {exc}; requeued")
-    except Exception as exc:
-        _fail(job_id, worker, exc)
+
+def _predict(job: JobOut, worker: str) -> None:
+    from workers import inference
+    from workers.devices import torch_device
+    from workers.usage import Meter
+
+    meter = Meter(torch_device())
+    spec = PredictSpec.model_validate(job.spec)
+    with session_scope() as s:
+        version = store.get_model_version(s, spec.model_name, spec.version)
+    inputs = spec.inputs.model_dump() if isinstance(spec.inputs, Tensor) else spec.inputs
+    outputs = inference.predict(version, inputs, spec.outputs)
+    result = {"model_name": spec.model_name, "model_version": spec.version, "outputs": outputs}
+    if spec.outputs == "tensor":
+        result["classes"] = inference.get_model(version).classes
+    rows = input_rows(spec.inputs)
+    with session_scope() as s:
+        store.finish_job(
+            s,
+            job.id,
+            JobState.succeeded,
+            worker=worker,
+            result=result,
+            message=f"{rows} outputs",
+            usage=meter.finish(rows),
+        )
+    notify.job_done(job.id)

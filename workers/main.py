@@ -3,7 +3,9 @@
 The group is pinned (CUDA_VISIBLE_DEVICES) before anything imports torch. Training
 workers use the prefork pool with one child: the child owns the device, the parent never
 touches CUDA and keeps heartbeats, control commands and time limits alive. Prediction
-workers use threads in one process, so that concurrent requests share the loaded models.
+workers run each task in the consumer's own thread (the solo pool): one process owns the
+device and the loaded models, the API has already coalesced concurrent requests into
+batches of milliseconds, and a hand-off to a pool thread costs more than it saves.
 The parent registers the worker in the database and renews its row from a thread.
 """
 
@@ -103,7 +105,7 @@ def worker_argv(name: str, queues: list[str], predict_only: bool, loglevel: str)
         "--without-gossip",
     ]
     if predict_only:
-        return [*argv, "--pool=threads", "--concurrency=4"]
+        return [*argv, "--pool=solo"]
     return [
         *argv,
         "--pool=prefork",
