@@ -221,7 +221,7 @@ class ResultWriter:
             try:
                 self._write(records)
                 pause = 0.5
-            except Exception as exc:
+            except DatabaseError as exc:  # unreachable: keep them, try again
                 log.warning("could not record %d predictions (%s); trying again", len(records), exc)
                 with self._wake:
                     self._pending[:0] = records
@@ -230,8 +230,24 @@ class ResultWriter:
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         for start in range(0, len(records), self.flush_rows):
-            with session_scope() as s:
-                store.record_predictions(s, records[start : start + self.flush_rows])
+            chunk = records[start : start + self.flush_rows]
+            try:
+                with session_scope() as s:
+                    store.record_predictions(s, chunk)
+            except DatabaseError:
+                raise
+            except Exception:  # a record the database refuses must not hold up the rest
+                self._write_one_by_one(chunk)
+
+    def _write_one_by_one(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            try:
+                with session_scope() as s:
+                    store.record_predictions(s, [record])
+            except DatabaseError:
+                raise
+            except Exception:
+                log.exception("the database refused the record of prediction %s", record["id"])
 
     def close(self, timeout: float = 30.0) -> bool:
         """Write what is pending and stop; False if records remain after ``timeout``."""

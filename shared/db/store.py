@@ -245,9 +245,10 @@ def record_predictions(session: Session, records: list[dict[str, Any]]) -> int:
     if not records:
         return 0
     ids = [r["id"] for r in records]
-    existing = dict(
-        session.execute(sa.select(Job.id, Job.state).where(Job.id.in_(ids))).tuples().all()
-    )
+    existing: dict[str, JobState] = {
+        job_id: state
+        for job_id, state in session.execute(sa.select(Job.id, Job.state).where(Job.id.in_(ids)))
+    }
     new = [r for r in records if r["id"] not in existing]
     if new:  # the table's insert, not the ORM's: one executemany, no objects
         session.execute(_table(Job).insert(), new)
