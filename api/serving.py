@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # settings, are trusted before they are read again (in the background).
 SERVED_TTL_SECONDS = 2.0
 KNOBS_TTL_SECONDS = 5.0
+# Models whose batching settings are kept; the least recently added go first.
+MAX_MODELS_KNOWN = 1024
 
 
 @dataclass
@@ -214,6 +216,8 @@ class Batcher:
         """(max rows per batch, max wait in ms) for a model: its own, else the global."""
         settings = get_settings()
         if model not in self._knobs:
+            if len(self._knobs) >= MAX_MODELS_KNOWN:  # names that callers made up, too
+                del self._knobs[next(iter(self._knobs))]
             self._knobs[model] = _Fresh(lambda: _batching_of(model), KNOBS_TTL_SECONDS)
         own: BatchingIn = await self._knobs[model].get() or BatchingIn()
         rows = own.max_batch_size or settings.max_batch_size
