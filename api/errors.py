@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.db.session import UNREACHABLE
 from shared.errors import TorchqueueError
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,11 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-    log.error("database error: %s", exc)
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    # One line, no traceback: the cause is outside this process.
+    log.error(
+        "the database failed %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0]
+    )
     body = {"type": "unavailable", "detail": "the database cannot be reached; try again"}
     return JSONResponse(body, status_code=503)
 
@@ -96,6 +99,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(TorchqueueError, _ours)
     app.add_exception_handler(StarletteHTTPException, _http)
-    # A database that stops answering mid-request (connection refused, server restart).
-    app.add_exception_handler(OperationalError, _database_down)
+    # A database that stops answering mid-request (connection refused, server restart,
+    # a connection dropped at COMMIT).
+    for unreachable in UNREACHABLE:
+        app.add_exception_handler(unreachable, _database_down)
     app.add_exception_handler(Exception, _unexpected)

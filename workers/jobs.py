@@ -21,13 +21,13 @@ from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy.exc import OperationalError as DatabaseError
+from sqlalchemy.orm import Session
 
 from shared import notify
 from shared.artifacts import open_store
 from shared.config import get_settings
 from shared.db import store
-from shared.db.session import session_scope
+from shared.db.session import UNREACHABLE, session_scope
 from shared.enqueue import send_job
 from shared.errors import JobError, Unavailable
 from shared.jobstate import JobEventKind, JobState
@@ -57,7 +57,16 @@ def guard_sigterm() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-TRANSIENT = (DatabaseError, BrokerError, redis.ConnectionError, Unavailable)
+TRANSIENT: tuple[type[Exception], ...] = (
+    *UNREACHABLE,
+    BrokerError,
+    redis.ConnectionError,
+    Unavailable,
+)
+# How long a worker keeps trying to record a finished job's outcome while the database is
+# unreachable. The work is done and the lease thread keeps renewing the job's lease, so
+# waiting is cheaper than giving the job back and running it again.
+OUTCOME_PATIENCE_SECONDS = 3600.0
 
 
 class Transient(Exception):
@@ -88,15 +97,28 @@ class Lease:
             try:
                 with session_scope() as s:
                     state = store.renew_lease(s, self.job_id, self.worker)
-            except DatabaseError as exc:
+            except UNREACHABLE as exc:
                 log.warning("could not renew the lease of job %s: %s", self.job_id, exc)
                 continue
             if state is None:
-                log.warning("job %s is no longer ours (%s): stopping it", self.job_id, self.worker)
-                self.lost.set()
+                if not self._ended():
+                    log.warning(
+                        "job %s is no longer ours (%s): stopping it", self.job_id, self.worker
+                    )
+                    self.lost.set()
                 return
             if state is JobState.cancelling:
                 self.cancel.set()
+
+    def _ended(self) -> bool:
+        """Whether the job ended as this worker's (its outcome was just recorded): then
+        there is nothing left to renew, and nothing to warn about."""
+        try:
+            with session_scope() as s:
+                job = store.get_job(s, self.job_id)
+        except UNREACHABLE:
+            return False
+        return job.state.is_terminal() and job.worker == self.worker
 
     def should_stop(self) -> bool:
         return self.cancel.is_set() or self.lost.is_set() or SHUTDOWN.is_set()
@@ -106,7 +128,7 @@ def _claim(job_id: str, worker: str) -> JobOut | None:
     try:
         with session_scope() as s:
             job = store.claim_job(s, job_id, worker, get_settings().lease_seconds)
-    except DatabaseError as exc:
+    except UNREACHABLE as exc:
         raise Transient(f"the database cannot be reached: {exc}") from exc
     if job is None:
         log.info("job %s is not queued (duplicate or late message): nothing to do", job_id)
@@ -123,17 +145,67 @@ def _error_of(exc: BaseException) -> dict[str, str]:
     return {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
 
 
-def _fail(job_id: str, worker: str, exc: BaseException) -> None:
+def _record(job_id: str, lease: Lease, write: Callable[[Session], bool]) -> bool:
+    """Record a job's outcome: ``write`` runs in one transaction and says whether the job
+    ended as this worker's. While the database cannot be reached, try again with backoff
+    for as long as the job is still ours (its lease thread keeps renewing it): a blink of
+    the database must not throw finished work away. False when the job was taken away,
+    or the database stayed away past OUTCOME_PATIENCE_SECONDS (the lease then expires
+    and the reaper takes the job back)."""
+    pause, deadline = 0.2, time.monotonic() + OUTCOME_PATIENCE_SECONDS
+    while True:
+        try:
+            with session_scope() as s:
+                return write(s)
+        except UNREACHABLE as exc:
+            if lease.lost.is_set():
+                return False
+            if time.monotonic() + pause > deadline:
+                log.error("gave up recording the outcome of job %s: %s", job_id, _first_line(exc))
+                return False
+            log.warning(
+                "could not record the outcome of job %s (%s); trying again in %.1f s",
+                job_id,
+                _first_line(exc),
+                pause,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _ended_as(session: Session, job_id: str, worker: str, state: JobState) -> bool:
+    """Whether the job already ended in ``state`` as this worker's: an earlier try whose
+    commit reached the database although its answer never came back."""
+    job = store.get_job(session, job_id)
+    return job.state is state and job.worker == worker
+
+
+def _finish(job_id: str, worker: str, lease: Lease, state: JobState, **outcome: Any) -> bool:
+    """End a job as ``state`` with ``outcome`` (``store.finish_job``'s values), through
+    ``_record``; tell whoever waits for it."""
+
+    def write(s: Session) -> bool:
+        return store.finish_job(s, job_id, state, worker=worker, **outcome) or _ended_as(
+            s, job_id, worker, state
+        )
+
+    done = _record(job_id, lease, write)
+    if done:
+        notify.job_done(job_id)
+    return done
+
+
+def _fail(job_id: str, worker: str, lease: Lease, exc: BaseException) -> None:
     error = _error_of(exc)
     if error["type"] == "internal_error":
         log.exception("job %s failed unexpectedly", job_id)
     else:
         log.warning("job %s failed: %s", job_id, error["message"])
-    with session_scope() as s:
-        store.finish_job(
-            s, job_id, JobState.failed, worker=worker, error=error, message=error["message"]
-        )
-    notify.job_done(job_id)
+    _finish(job_id, worker, lease, JobState.failed, error=error, message=error["message"])
 
 
 def _give_back(job: JobOut, worker: str, reason: str) -> None:
@@ -168,7 +240,7 @@ def _progress_writer(job_id: str, worker: str, epochs: int) -> Callable[[dict[st
         try:
             with session_scope() as s:
                 store.set_progress(s, job_id, worker, progress)
-        except DatabaseError as exc:  # progress is best effort; the outcome is not
+        except UNREACHABLE as exc:  # progress is best effort; the outcome is not
             log.warning("could not write the progress of job %s: %s", job_id, exc)
         _tell_flower(progress)
 
@@ -240,7 +312,7 @@ def run_train_job(job_id: str, worker: str) -> None:
         except TRANSIENT as exc:
             _give_back(job, worker, f"transient error on {worker}: {exc}; requeued")
         except Exception as exc:  # every failure ends on the job, never as a silent hang
-            _fail(job.id, worker, exc)
+            _fail(job.id, worker, lease, exc)
             checkpoints.delete()
         finally:
             _TRAINING.clear()
@@ -253,15 +325,8 @@ def _interrupted(job: JobOut, worker: str, lease: Lease, epoch: int, saved: int)
         return  # the job is someone else's now
     kept = f"; the checkpoint of epoch {saved} is kept" if saved else ""
     if lease.cancel.is_set():
-        with session_scope() as s:
-            store.finish_job(
-                s,
-                job.id,
-                JobState.cancelled,
-                worker=worker,
-                message=f"cancelled during epoch {epoch}{kept}",
-            )
-        notify.job_done(job.id)
+        message = f"cancelled during epoch {epoch}{kept}"
+        _finish(job.id, worker, lease, JobState.cancelled, message=message)
         return
     _give_back(job, worker, f"{worker} shut down during epoch {epoch}; requeued{kept}")
 
@@ -302,7 +367,9 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
     usage = meter.finish(trained.samples)
     if lease.lost.is_set():
         return False
-    with session_scope() as s:
+
+    def register(s: Session) -> bool:
+        """The version and the job's success in one transaction: both or neither."""
         version = store.register_model_version(
             s,
             model_name=spec.model_name,
@@ -316,7 +383,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
             usage=usage,
         )
         result["model_version"] = version.version
-        finished = store.finish_job(
+        if store.finish_job(
             s,
             job.id,
             JobState.succeeded,
@@ -325,12 +392,15 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
             usage=usage,
             model_version=version.version,
             message=f"made {spec.model_name} v{version.version}",
-        )
-        if not finished:  # taken away meanwhile: register nothing
-            s.rollback()
-            return False
+        ):
+            return True
+        s.rollback()  # taken away meanwhile, or registered by an earlier try: not again
+        return _ended_as(s, job.id, worker, JobState.succeeded)
+
+    if not _record(job.id, lease, register):
+        return False
     notify.job_done(job.id)
-    log.info("job %s made %s version %d", job.id, spec.model_name, version.version)
+    log.info("job %s of %s succeeded", job.id, spec.model_name)
     return True
 
 
@@ -339,16 +409,16 @@ def run_predict_job(job_id: str, worker: str) -> None:
     if job is None:
         return
     # A large prediction may outlast the lease: it is renewed as for a training job.
-    with Lease(job.id, worker, get_settings().heartbeat_seconds):
+    with Lease(job.id, worker, get_settings().heartbeat_seconds) as lease:
         try:
-            _predict(job, worker)
+            _predict(job, worker, lease)
         except TRANSIENT as exc:
             _give_back(job, worker, f"transient error on {worker}: {exc}; requeued")
         except Exception as exc:
-            _fail(job.id, worker, exc)
+            _fail(job.id, worker, lease, exc)
 
 
-def _predict(job: JobOut, worker: str) -> None:
+def _predict(job: JobOut, worker: str, lease: Lease) -> None:
     from workers import inference
     from workers.devices import torch_device
     from workers.usage import Meter
@@ -363,14 +433,6 @@ def _predict(job: JobOut, worker: str) -> None:
     if spec.outputs == "tensor":
         result["classes"] = inference.get_model(version).classes
     rows = input_rows(spec.inputs)
-    with session_scope() as s:
-        store.finish_job(
-            s,
-            job.id,
-            JobState.succeeded,
-            worker=worker,
-            result=result,
-            message=f"{rows} outputs",
-            usage=meter.finish(rows),
-        )
-    notify.job_done(job.id)
+    usage = meter.finish(rows)
+    _finish(job.id, worker, lease, JobState.succeeded, result=result, message=f"{rows} outputs",
+            usage=usage)  # fmt: skip

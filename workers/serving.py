@@ -23,12 +23,11 @@ from typing import Any
 
 import redis
 import torch
-from sqlalchemy.exc import OperationalError as DatabaseError
 
 from shared import notify
 from shared.config import get_settings
 from shared.db import store
-from shared.db.session import read_scope, session_scope
+from shared.db.session import UNREACHABLE, read_scope, session_scope
 from shared.errors import BadData, InvalidSpec, JobError, TorchqueueError, Unavailable
 from shared.jobstate import JobState, now
 from shared.schemas import ModelVersionOut, Tensor, check_inputs
@@ -137,7 +136,7 @@ def _resolve(model: str, version: int | str) -> ModelVersionOut:
             if isinstance(version, int) and (model, version) in _versions:
                 return _versions[(model, version)]
             found = store.get_model_version(s, model, version)
-    except DatabaseError as exc:
+    except UNREACHABLE as exc:
         raise Unavailable(f"the database cannot be reached: {exc}") from None
     if len(_versions) > 1000:
         _versions.clear()
@@ -224,7 +223,7 @@ class ResultWriter:
             try:
                 self._write(records)
                 pause = 0.5
-            except DatabaseError as exc:  # unreachable: keep them, try again
+            except UNREACHABLE as exc:  # unreachable: keep them, try again
                 log.warning("could not record %d predictions (%s); trying again", len(records), exc)
                 with self._wake:
                     self._pending[:0] = records
@@ -237,7 +236,7 @@ class ResultWriter:
             try:
                 with session_scope() as s:
                     store.record_predictions(s, chunk)
-            except DatabaseError:
+            except UNREACHABLE:
                 raise
             except Exception:  # a record the database refuses must not hold up the rest
                 self._write_one_by_one(chunk)
@@ -247,7 +246,7 @@ class ResultWriter:
             try:
                 with session_scope() as s:
                     store.record_predictions(s, [record])
-            except DatabaseError:
+            except UNREACHABLE:
                 raise
             except Exception:
                 log.exception("the database refused the record of prediction %s", record["id"])

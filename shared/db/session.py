@@ -14,6 +14,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
 
+# What a database that cannot be reached raises (refused or dropped connections, a server
+# restarting, SQLite's lock held too long): a reason to answer 503 or to try again later,
+# never a fault of the request. Matched by class, in this one place.
+UNREACHABLE: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # Transactions are begun by ``_sqlite_begin``, not by the driver.
