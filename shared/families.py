@@ -1,17 +1,68 @@
-"""Model families as the API knows them: a name, the kind of input, and a pydantic schema of
-the parameters. Torch-free, so the API validates a request before any worker sees it; the
-builders that make the ``nn.Module`` live in ``workers/families``, under the same names."""
+"""Model families as the API knows them: the torch-free half of each family.
+
+A ``Family`` holds everything about a family that can be decided without torch: its name,
+its parameters' pydantic schema, the kind of input it takes, the tasks it can do, how it
+decides an "auto" task, how many outputs it needs and how many weights it will have. The
+API validates a request with it before any worker sees the job. The worker's half (the
+``nn.Module``, the preprocessing) lives in ``workers/families``, in ``BUILDERS`` under the
+same names, and looks its ``Family`` up here by name.
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.errors import InvalidSpec
+
 InputKind = Literal["text", "features"]
 Task = Literal["classification", "regression"]
+# (validated params, input width, outputs) -> the number of weights of the built module.
+ParamCounter = Callable[[Mapping[str, Any], int, int], int]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family, torch-free. ``binary_as_one_logit``: two classes are one logit
+    under a sigmoid (BCE) rather than two under a softmax (CE)."""
+
+    name: str
+    description: str
+    input_kind: InputKind
+    params: type[BaseModel]
+    tasks: tuple[Task, ...]
+    count_parameters: ParamCounter
+    binary_as_one_logit: bool = False
+
+    def decide_task(self, params: Mapping[str, Any], labels: Sequence[object]) -> Task:
+        """The task the parameters ask for; for "auto" (or a family without a ``task``
+        parameter), regression when a label is fractional, else classification."""
+        asked = params.get("task", "auto")
+        if asked != "auto":
+            return cast(Task, asked)
+        fractional = any(isinstance(y, float) and not y.is_integer() for y in labels)
+        return "regression" if fractional else "classification"
+
+    def check_task(self, task: Task, field: str) -> None:
+        """Refuse a task the family cannot do, naming the ``field`` that asked for it."""
+        if task not in self.tasks:
+            does = " or ".join(self.tasks)
+            raise InvalidSpec(f"{self.name} does {does} only, not {task}", field=field)
+
+    def n_outputs(self, task: Task, n_classes: int) -> int:
+        """The width of the model's last layer for ``task`` over ``n_classes`` classes."""
+        if task == "regression" or (n_classes == 2 and self.binary_as_one_logit):
+            return 1
+        return n_classes
+
+    def parameter_count(self, params: Mapping[str, Any], n_features: int, n_outputs: int) -> int:
+        """How many weights the model will have, computed without building it (the API
+        checks it against TORCHQUEUE_MAX_MODEL_PARAMS)."""
+        return self.count_parameters(params, n_features, n_outputs)
 
 
 class TextLSTMParams(BaseModel):
@@ -21,6 +72,14 @@ class TextLSTMParams(BaseModel):
     max_len: int = Field(100, ge=1, le=5000, description="tokens kept per text")
     embedding_dim: int = Field(16, ge=1, le=1024)
     hidden_size: int = Field(32, ge=1, le=2048)
+
+
+def _text_lstm_count(params: Mapping[str, Any], n_features: int, n_outputs: int) -> int:
+    """Embedding (at most ``num_words`` rows), one LSTM layer, the linear head."""
+    vocab, emb = int(params["num_words"]), int(params["embedding_dim"])
+    hidden = int(params["hidden_size"])
+    lstm = 4 * (emb * hidden + hidden * hidden + 2 * hidden)
+    return vocab * emb + lstm + hidden * n_outputs + n_outputs
 
 
 class MLPParams(BaseModel):
@@ -36,40 +95,31 @@ class MLPParams(BaseModel):
     )
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    input_kind: InputKind
-    params: type[BaseModel]
-    description: str
+def _mlp_count(params: Mapping[str, Any], n_features: int, n_outputs: int) -> int:
+    """A weight matrix and a bias per linear layer."""
+    widths = [n_features, *(int(w) for w in params["hidden_sizes"]), n_outputs]
+    return sum(a * b + b for a, b in itertools.pairwise(widths))
 
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
-            "text_lstm",
-            "text",
-            TextLSTMParams,
-            "text classification: tokenizer, Embedding, LSTM, Linear",
+            name="text_lstm",
+            description="text classification: tokenizer, Embedding, LSTM, Linear",
+            input_kind="text",
+            params=TextLSTMParams,
+            tasks=("classification",),
+            count_parameters=_text_lstm_count,
+            binary_as_one_logit=True,
         ),
         Family(
-            "mlp",
-            "features",
-            MLPParams,
-            "tabular classification or regression: a multilayer perceptron",
+            name="mlp",
+            description="tabular classification or regression: a multilayer perceptron",
+            input_kind="features",
+            params=MLPParams,
+            tasks=("classification", "regression"),
+            count_parameters=_mlp_count,
         ),
     )
 }
-
-
-def parameter_count(family: str, params: dict[str, Any], n_features: int, n_outputs: int) -> int:
-    """How many weights the model will have, computed without building it (the API checks
-    it against TORCHQUEUE_MAX_MODEL_PARAMS)."""
-    if family == "text_lstm":
-        vocab, emb = int(params["num_words"]), int(params["embedding_dim"])
-        hidden = int(params["hidden_size"])
-        lstm = 4 * (emb * hidden + hidden * hidden + 2 * hidden)
-        return vocab * emb + lstm + hidden * n_outputs + n_outputs
-    widths = [n_features, *(int(w) for w in params["hidden_sizes"]), n_outputs]
-    return sum(a * b + b for a, b in itertools.pairwise(widths))

@@ -16,6 +16,8 @@ from shared.errors import InvalidSpec
 # up to a tier, a worker's memory down.
 MEMORY_TIERS_GB = (0, 8, 16, 24, 32, 40, 48, 80, 96, 141, 192)
 DEFAULT_POOL = "default"
+# What a pool may be called: it becomes part of queue names.
+POOL_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 PRIORITY_LEVELS = 10
 
 

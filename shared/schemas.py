@@ -1,7 +1,7 @@
 """The wire: what clients send, what the API answers, and the specs that workers run.
 
-A request is validated twice over: field by field by pydantic, then as a whole by
-``resolve_train`` (family, parameters, data set and their fit), which returns the
+A request is validated twice over: field by field by pydantic, here, then as a whole by
+``shared.validation`` (family, parameters, data set and their fit), which returns the
 ``TrainSpec`` stored on the job and run by the worker unchanged.
 """
 
@@ -19,17 +19,14 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from shared.config import get_settings
-from shared.datasets import BUILTIN_DATASETS
-from shared.errors import InvalidSpec
-from shared.families import FAMILIES, Task, parameter_count
+from shared.families import Task
 from shared.jobstate import JobEventKind, JobKind, JobState
+from shared.routing import DEFAULT_POOL, POOL_PATTERN
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ModelName = Annotated[
@@ -97,7 +94,7 @@ class TrainingConfig(_Strict):
 
 PoolName = Annotated[
     str,
-    Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="a pool of workers, e.g. a100"),
+    Field(pattern=POOL_PATTERN, description="a pool of workers, e.g. a100"),
 ]
 Priority = Annotated[
     int, Field(ge=0, le=9, description="0 to 9; higher runs first among jobs of one queue")
@@ -108,12 +105,12 @@ class Resources(_Strict):
     """What a training job needs; its queue follows from these (``shared.routing``)."""
 
     devices: int = Field(1, ge=1, le=64, description="devices on one worker")
-    pool: PoolName = "default"
+    pool: PoolName = DEFAULT_POOL
     min_device_memory_gb: float = Field(0, ge=0, le=1024)
 
 
 class PredictResources(_Strict):
-    pool: PoolName = "default"
+    pool: PoolName = DEFAULT_POOL
 
 
 MaxAttempts = Annotated[
@@ -148,15 +145,20 @@ class TrainSpec(_Strict):
 TENSOR_DTYPES = {"float16": 2, "float32": 4, "float64": 8}
 
 
+# The one rule for a typed tensor's shape: the wire model below, and
+# ``shared.validation.check_tensor_shape`` for a shape that did not come through it.
+TensorShape = Annotated[
+    list[Annotated[int, Field(ge=1, le=MAX_PREDICT_ROWS)]],
+    Field(min_length=2, max_length=2, description="[rows, features]"),
+]
+
+
 class Tensor(_Strict):
     """A typed tensor: ``data`` is its elements' little-endian bytes, row after row,
     in standard base64. Much cheaper to send and read than a JSON list of numbers."""
 
     dtype: Literal["float16", "float32", "float64"]
-    shape: Annotated[
-        list[Annotated[int, Field(ge=1, le=MAX_PREDICT_ROWS)]],
-        Field(min_length=2, max_length=2, description="[rows, features]"),
-    ]
+    shape: TensorShape
     data: str = Field(description="base64 of the little-endian bytes")
 
     @field_validator("data")
@@ -237,7 +239,7 @@ class ServeRequest(_Strict):
         description="seconds to wait for the outputs before answering 202 with the job "
         "(default TORCHQUEUE_PREDICT_TIMEOUT_SECONDS, 10)",
     )
-    pool: PoolName = "default"
+    pool: PoolName = DEFAULT_POOL
 
 
 class PredictionOut(BaseModel):
@@ -352,144 +354,3 @@ class ErrorOut(BaseModel):
     type: str
     detail: str
     field: str | None = None
-
-
-# --- whole-request validation ---------------------------------------------------------
-
-
-def _field_of(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _decide_task(spec: TrainRequest, params: dict[str, Any]) -> Task:
-    if spec.dataset.builtin is not None:
-        return BUILTIN_DATASETS[spec.dataset.builtin].task
-    if params.get("task", "auto") != "auto":
-        task: Task = params["task"]
-        return task
-    labels = spec.dataset.inline.labels if spec.dataset.inline else []
-    fractional = any(isinstance(y, float) and not float(y).is_integer() for y in labels)
-    return "regression" if fractional else "classification"
-
-
-def _check_rows(inputs: Inputs, field: str, width: int | None = None) -> None:
-    """Every row a list of finite numbers, all of one width (the first row's if not given)."""
-    for i, row in enumerate(inputs):
-        if isinstance(row, str):
-            raise InvalidSpec("expected a row of numbers, not a text", field=f"{field}[{i}]")
-        width = len(row) if width is None else width
-        if len(row) != width:
-            raise InvalidSpec(f"row has {len(row)} values; expected {width}", field=f"{field}[{i}]")
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in row):
-            raise InvalidSpec("values must be finite numbers", field=f"{field}[{i}]")
-
-
-def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
-    field = "dataset.inline"
-    if len(data.inputs) != len(data.labels):
-        raise InvalidSpec(
-            f"{len(data.inputs)} inputs but {len(data.labels)} labels; give one label per input",
-            field=f"{field}.labels",
-        )
-    if input_kind == "text" and not isinstance(data.inputs[0], str):
-        raise InvalidSpec("this family takes texts (strings)", field=f"{field}.inputs")
-    if input_kind == "features":
-        _check_rows(data.inputs, f"{field}.inputs")
-    if task == "regression":
-        for i, y in enumerate(data.labels):
-            if isinstance(y, str) or not math.isfinite(y):
-                raise InvalidSpec(
-                    "regression targets must be finite numbers", field=f"{field}.labels[{i}]"
-                )
-    elif len({str(y) for y in data.labels}) < 2:
-        raise InvalidSpec("classification needs at least two classes", field=f"{field}.labels")
-
-
-def _check_size(req: TrainRequest, family: str, params: dict[str, Any], task: Task) -> None:
-    if req.dataset.builtin is not None:
-        builtin = BUILTIN_DATASETS[req.dataset.builtin]
-        n_features, n_classes = builtin.n_features, builtin.n_classes
-    else:
-        inline = req.dataset.inline or InlineData(inputs=[""], labels=[0])
-        first = inline.inputs[0]
-        n_features = 0 if isinstance(first, str) else len(first)
-        n_classes = 1 if task == "regression" else len({str(y) for y in inline.labels})
-    n_outputs = (
-        1 if task == "regression" or (family == "text_lstm" and n_classes == 2) else n_classes
-    )
-    count = parameter_count(family, params, n_features, n_outputs)
-    limit = get_settings().max_model_params
-    if count > limit:
-        raise InvalidSpec(
-            f"the model would have {count:,} parameters; the limit is {limit:,}", field="params"
-        )
-
-
-def resolve_train(req: TrainRequest) -> TrainSpec:
-    """Check the request as a whole; raise ``InvalidSpec`` naming the field that is wrong."""
-    family = FAMILIES.get(req.family)
-    if family is None:
-        known = ", ".join(sorted(FAMILIES))
-        raise InvalidSpec(f"unknown family '{req.family}'; known: {known}", field="family")
-    try:
-        params = family.params.model_validate(req.params).model_dump()
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidSpec(err["msg"], field=_field_of(("params", *err["loc"]))) from None
-    if req.dataset.builtin is not None:
-        builtin = BUILTIN_DATASETS.get(req.dataset.builtin)
-        if builtin is None:
-            known = ", ".join(sorted(BUILTIN_DATASETS))
-            raise InvalidSpec(
-                f"unknown built-in data set '{req.dataset.builtin}'; built-in: {known}",
-                field="dataset.builtin",
-            )
-        if builtin.input_kind != family.input_kind:
-            raise InvalidSpec(
-                f"data set '{builtin.name}' holds {builtin.input_kind} but family "
-                f"'{family.name}' takes {family.input_kind}",
-                field="dataset.builtin",
-            )
-    task = _decide_task(req, params)
-    if family.name == "text_lstm" and task == "regression":
-        raise InvalidSpec("text_lstm classifies; give class labels", field="dataset.inline.labels")
-    if req.dataset.inline is not None:
-        _check_inline(req.dataset.inline, family.input_kind, task)
-    if "task" in params:
-        params["task"] = task
-    _check_size(req, family.name, params, task)
-    return TrainSpec(
-        model_name=req.model_name,
-        family=family.name,
-        params=params,
-        task=task,
-        dataset=req.dataset,
-        training=req.training,
-        resources=req.resources,
-    )
-
-
-def check_inputs(inputs: list[Any] | Tensor, input_schema: dict[str, Any]) -> None:
-    """Check prediction inputs against what a model version takes."""
-    if isinstance(inputs, Tensor):
-        if input_schema.get("kind") == "text":
-            raise InvalidSpec(
-                "this model takes texts (strings); typed tensors are for numeric models",
-                field="inputs",
-            )
-        width = int(input_schema["n_features"])
-        if inputs.shape[1] != width:
-            raise InvalidSpec(
-                f"shape {inputs.shape} has {inputs.shape[1]} features; the model takes {width}",
-                field="inputs.shape",
-            )
-        return
-    if input_schema.get("kind") == "text":
-        for i, x in enumerate(inputs):
-            if not isinstance(x, str):
-                raise InvalidSpec("this model takes texts (strings)", field=f"inputs[{i}]")
-        return
-    _check_rows(inputs, "inputs", int(input_schema["n_features"]))

@@ -30,8 +30,9 @@ from shared.db import store
 from shared.db.session import UNREACHABLE, read_scope, session_scope
 from shared.errors import BadData, InvalidSpec, JobError, TorchqueueError, Unavailable
 from shared.jobstate import JobState, now
-from shared.schemas import ModelVersionOut, Tensor, check_inputs
+from shared.schemas import ModelVersionOut
 from shared.serving import Batch, Item, encode_reply, job_record
+from shared.validation import check_inputs, check_tensor_shape
 from workers import inference
 
 log = logging.getLogger(__name__)
@@ -115,13 +116,10 @@ def _check(inputs: list[Any] | dict[str, Any], input_schema: dict[str, Any]) -> 
     """Check a request against the version, as the API does before it records a job. A
     tensor's shape is checked here and its bytes when they are read (the API checked
     them already; reading them twice would double the cost of a large request)."""
-    if not isinstance(inputs, dict):
+    if isinstance(inputs, dict):
+        check_tensor_shape(inputs.get("shape"), input_schema)
+    else:
         check_inputs(inputs, input_schema)
-        return
-    shape = inputs.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int for n in shape)):
-        raise InvalidSpec("a tensor's shape is [rows, features]", field="inputs.shape")
-    check_inputs(Tensor.model_construct(dtype="float32", shape=shape, data=""), input_schema)
 
 
 # Versions are immutable: a number, once read, is kept (``latest`` is read every batch).

@@ -31,9 +31,8 @@ from shared.schemas import (
     PredictRequest,
     PredictSpec,
     TrainRequest,
-    check_inputs,
-    resolve_train,
 )
+from shared.validation import check_inputs, resolve_train
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {

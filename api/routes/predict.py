@@ -26,10 +26,10 @@ from shared.schemas import (
     PredictionOut,
     ServeRequest,
     Tensor,
-    check_inputs,
     input_rows,
 )
 from shared.serving import Batch, Item, job_record
+from shared.validation import check_inputs
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 VersionQuery = Annotated[

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from shared.errors import InvalidSpec
-from shared.schemas import TrainRequest, resolve_train
+from shared.schemas import TrainRequest
+from shared.validation import resolve_train
 
 
 def _resolve(**overrides: Any) -> Any:

@@ -1,6 +1,7 @@
 """Model families on the worker side: how each turns raw inputs into tensors and which
-``nn.Module`` it builds. Names and parameter schemas are shared with the API through
-``shared.families``; a request can name only a family registered here."""
+``nn.Module`` it builds. ``BUILDERS`` is keyed by the names of ``shared.families.FAMILIES``,
+and each builder holds its family's torch-free half (parameters, tasks, outputs) as
+``family``, looked up there by name."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from shared.families import Family
 
 from .mlp import MLPFamily
 from .text_lstm import TextLSTMFamily
@@ -21,8 +24,7 @@ class Preprocessor(Protocol):
 
 class FamilyBuilder(Protocol):
     name: str
-    # Two classes as one logit with a sigmoid (BCE) rather than two with a softmax (CE).
-    binary_as_one_logit: bool
+    family: Family
 
     def fit_preprocessor(self, params: dict[str, Any], inputs: Sequence[Any]) -> Preprocessor: ...
     def load_preprocessor(self, data: dict[str, Any]) -> Preprocessor: ...

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from shared.families import FAMILIES
 from workers.preprocess import Standardizer, feature_tensor
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -15,7 +16,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoi
 
 class MLPFamily:
     name = "mlp"
-    binary_as_one_logit = False
+    family = FAMILIES[name]
 
     def fit_preprocessor(self, params: dict[str, Any], inputs: Sequence[Any]) -> Standardizer:
         return Standardizer().fit(feature_tensor(inputs))

@@ -1,5 +1,5 @@
-"""``text_lstm``: tokenizer → Embedding → LSTM → Linear; a sigmoid for two classes, a
-softmax for more."""
+"""``text_lstm``: tokenizer → Embedding → LSTM → Linear; one logit for two classes (its
+family's ``binary_as_one_logit``), one per class for more."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.families import FAMILIES
 from workers.preprocess import PAD, Tokenizer
 
 
@@ -26,7 +27,7 @@ class TextLSTM(nn.Module):
 
 class TextLSTMFamily:
     name = "text_lstm"
-    binary_as_one_logit = True
+    family = FAMILIES[name]
 
     def fit_preprocessor(self, params: dict[str, Any], inputs: Sequence[Any]) -> Tokenizer:
         return Tokenizer(params["num_words"], params["max_len"]).fit(inputs)

@@ -1,0 +1,183 @@
+"""Whole-request validation: whether a request that pydantic accepted field by field can
+run, decided torch-free, raising ``InvalidSpec`` that names the field at fault.
+
+``resolve_train`` turns a ``TrainRequest`` into the ``TrainSpec`` a worker runs;
+``check_inputs`` checks prediction inputs against what a model version takes, and
+``check_tensor_shape`` is the one check of a typed tensor's shape, kind and width that
+the API and the workers share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from shared.config import get_settings
+from shared.datasets import BUILTIN_DATASETS, BuiltinDataset
+from shared.errors import InvalidSpec
+from shared.families import FAMILIES, Family, Task
+from shared.schemas import InlineData, Inputs, Tensor, TensorShape, TrainRequest, TrainSpec
+
+_tensor_shape: TypeAdapter[list[int]] = TypeAdapter(TensorShape)
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _family(name: str) -> Family:
+    family = FAMILIES.get(name)
+    if family is None:
+        known = ", ".join(sorted(FAMILIES))
+        raise InvalidSpec(f"unknown family '{name}'; known: {known}", field="family")
+    return family
+
+
+def _params(family: Family, params: dict[str, Any]) -> dict[str, Any]:
+    """The family's parameters, defaults filled in."""
+    try:
+        return family.params.model_validate(params).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InvalidSpec(err["msg"], field=_field_of(("params", *err["loc"]))) from None
+
+
+def _builtin(name: str, family: Family) -> BuiltinDataset:
+    builtin = BUILTIN_DATASETS.get(name)
+    if builtin is None:
+        known = ", ".join(sorted(BUILTIN_DATASETS))
+        raise InvalidSpec(
+            f"unknown built-in data set '{name}'; built-in: {known}", field="dataset.builtin"
+        )
+    if builtin.input_kind != family.input_kind:
+        raise InvalidSpec(
+            f"data set '{builtin.name}' holds {builtin.input_kind} but family "
+            f"'{family.name}' takes {family.input_kind}",
+            field="dataset.builtin",
+        )
+    return builtin
+
+
+def _decide_task(req: TrainRequest, family: Family, params: dict[str, Any]) -> tuple[Task, str]:
+    """The task, and the field that decided it: a built-in data set's own task, else
+    the family's choice from its parameters and the labels."""
+    if req.dataset.builtin is not None:
+        return BUILTIN_DATASETS[req.dataset.builtin].task, "dataset.builtin"
+    labels = req.dataset.inline.labels if req.dataset.inline else []
+    field = "params.task" if params.get("task", "auto") != "auto" else "dataset.inline.labels"
+    return family.decide_task(params, labels), field
+
+
+def _check_rows(inputs: Inputs, field: str, width: int | None = None) -> None:
+    """Every row a list of finite numbers, all of one width (the first row's if not given)."""
+    for i, row in enumerate(inputs):
+        if isinstance(row, str):
+            raise InvalidSpec("expected a row of numbers, not a text", field=f"{field}[{i}]")
+        width = len(row) if width is None else width
+        if len(row) != width:
+            raise InvalidSpec(f"row has {len(row)} values; expected {width}", field=f"{field}[{i}]")
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in row):
+            raise InvalidSpec("values must be finite numbers", field=f"{field}[{i}]")
+
+
+def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
+    field = "dataset.inline"
+    if len(data.inputs) != len(data.labels):
+        raise InvalidSpec(
+            f"{len(data.inputs)} inputs but {len(data.labels)} labels; give one label per input",
+            field=f"{field}.labels",
+        )
+    if input_kind == "text" and not isinstance(data.inputs[0], str):
+        raise InvalidSpec("this family takes texts (strings)", field=f"{field}.inputs")
+    if input_kind == "features":
+        _check_rows(data.inputs, f"{field}.inputs")
+    if task == "regression":
+        for i, y in enumerate(data.labels):
+            if isinstance(y, str) or not math.isfinite(y):
+                raise InvalidSpec(
+                    "regression targets must be finite numbers", field=f"{field}.labels[{i}]"
+                )
+    elif len({str(y) for y in data.labels}) < 2:
+        raise InvalidSpec("classification needs at least two classes", field=f"{field}.labels")
+
+
+def _check_size(req: TrainRequest, family: Family, params: dict[str, Any], task: Task) -> None:
+    if req.dataset.builtin is not None:
+        builtin = BUILTIN_DATASETS[req.dataset.builtin]
+        n_features, n_classes = builtin.n_features, builtin.n_classes
+    else:
+        inline = req.dataset.inline or InlineData(inputs=[""], labels=[0])
+        first = inline.inputs[0]
+        n_features = 0 if isinstance(first, str) else len(first)
+        n_classes = 1 if task == "regression" else len({str(y) for y in inline.labels})
+    count = family.parameter_count(params, n_features, family.n_outputs(task, n_classes))
+    limit = get_settings().max_model_params
+    if count > limit:
+        raise InvalidSpec(
+            f"the model would have {count:,} parameters; the limit is {limit:,}", field="params"
+        )
+
+
+def resolve_train(req: TrainRequest) -> TrainSpec:
+    """Check the request as a whole; raise ``InvalidSpec`` naming the field that is wrong."""
+    family = _family(req.family)
+    params = _params(family, req.params)
+    if req.dataset.builtin is not None:
+        _builtin(req.dataset.builtin, family)
+    task, decided_by = _decide_task(req, family, params)
+    family.check_task(task, decided_by)
+    if req.dataset.inline is not None:
+        _check_inline(req.dataset.inline, family.input_kind, task)
+    if "task" in params:
+        params["task"] = task
+    _check_size(req, family, params, task)
+    return TrainSpec(
+        model_name=req.model_name,
+        family=family.name,
+        params=params,
+        task=task,
+        dataset=req.dataset,
+        training=req.training,
+        resources=req.resources,
+    )
+
+
+def check_tensor_shape(shape: object, input_schema: Mapping[str, Any]) -> list[int]:
+    """Check a typed tensor's ``shape`` (as sent: not yet trusted) against what a model
+    version takes: [rows, features] within the wire's limits, a numeric model, and its
+    number of features. Returns the shape."""
+    try:
+        checked = _tensor_shape.validate_python(shape, strict=True)
+    except ValidationError:
+        raise InvalidSpec("a tensor's shape is [rows, features]", field="inputs.shape") from None
+    if input_schema.get("kind") == "text":
+        raise InvalidSpec(
+            "this model takes texts (strings); typed tensors are for numeric models",
+            field="inputs",
+        )
+    width = int(input_schema["n_features"])
+    if checked[1] != width:
+        raise InvalidSpec(
+            f"shape {checked} has {checked[1]} features; the model takes {width}",
+            field="inputs.shape",
+        )
+    return checked
+
+
+def check_inputs(inputs: list[Any] | Tensor, input_schema: Mapping[str, Any]) -> None:
+    """Check prediction inputs against what a model version takes."""
+    if isinstance(inputs, Tensor):
+        check_tensor_shape(inputs.shape, input_schema)
+        return
+    if input_schema.get("kind") == "text":
+        for i, x in enumerate(inputs):
+            if not isinstance(x, str):
+                raise InvalidSpec("this model takes texts (strings)", field=f"inputs[{i}]")
+        return
+    _check_rows(inputs, "inputs", int(input_schema["n_features"]))

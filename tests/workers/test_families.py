@@ -1,0 +1,52 @@
+"""Both halves of each model family: one registry, and counts that match the real module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.families import FAMILIES
+from workers.families import BUILDERS
+
+
+def test_every_family_has_both_halves_under_one_name() -> None:
+    assert set(FAMILIES) == set(BUILDERS)
+    for name, builder in BUILDERS.items():
+        assert builder.name == name
+        assert builder.family is FAMILIES[name]
+
+
+def _inputs(name: str) -> list[Any]:
+    if name == "mlp":
+        return [[float(i), float(i * i), 1.0 - i, 0.5] for i in range(8)]
+    # More distinct words than the vocabulary holds: the embedding gets all its rows.
+    words = [f"w{i}" for i in range(30)]
+    return [" ".join(words[i : i + 6]) for i in range(0, 30, 3)]
+
+
+PARAMS = {"mlp": {"hidden_sizes": [7, 5], "task": "classification"}, "text_lstm": {"num_words": 12}}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_parameter_count_is_that_of_the_built_module(name: str, n_classes: int) -> None:
+    family, builder = FAMILIES[name], BUILDERS[name]
+    params = family.params.model_validate(PARAMS[name]).model_dump()
+    inputs = _inputs(name)
+    pre = builder.fit_preprocessor(params, inputs)
+    n_outputs = family.n_outputs("classification", n_classes)
+    module = builder.build(params, pre, n_outputs)
+    n_features = 0 if isinstance(inputs[0], str) else len(inputs[0])
+    built = sum(p.numel() for p in module.parameters())
+    assert family.parameter_count(params, n_features, n_outputs) == built
+
+
+def test_mlp_regression_count_is_that_of_the_built_module() -> None:
+    family, builder = FAMILIES["mlp"], BUILDERS["mlp"]
+    params = family.params.model_validate({"hidden_sizes": [9]}).model_dump()
+    inputs = _inputs("mlp")
+    module = builder.build(params, builder.fit_preprocessor(params, inputs), 1)
+    n_outputs = family.n_outputs("regression", 1)
+    built = sum(p.numel() for p in module.parameters())
+    assert family.parameter_count(params, len(inputs[0]), n_outputs) == built
