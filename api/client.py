@@ -35,8 +35,20 @@ class ApiError(Exception):
 
 class Client:
     def __init__(
-        self, base_url: str | None = None, *, api_key: str | None = None, timeout: float = 30.0
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
     ) -> None:
+        """``http``: an HTTP client to send every request through instead, with its own
+        base URL, headers and timeout (a test client of the app, say); its owner closes it."""
+        self._owns_http = http is None
+        if http is not None:
+            self._http = http
+            self.base_url = str(http.base_url).rstrip("/")
+            return
         settings = get_settings()
         self.base_url = (base_url or settings.api_url).rstrip("/")
         key = api_key or settings.client_key
@@ -50,7 +62,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -150,14 +163,17 @@ class Client:
         timeout: float | None = None,
         poll: float = 0.5,
         on_update: Callable[[Json], None] | None = None,
+        until: Callable[[Json], bool] | None = None,
     ) -> Json:
-        """Poll until the job ends (or ``timeout`` seconds pass); return its last state."""
+        """Poll until the job ends, or ``until(job)`` is true, or ``timeout`` seconds pass;
+        return its last state."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.job(job_id)
             if on_update is not None:
                 on_update(job)
-            if job["state"] in TERMINAL or (deadline is not None and time.monotonic() > deadline):
+            done = job["state"] in TERMINAL or (until is not None and until(job))
+            if done or (deadline is not None and time.monotonic() > deadline):
                 return job
             time.sleep(poll)
 

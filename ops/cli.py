@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ops.client_commands import CLIENT_COMMANDS
+from shared.routing import DEFAULT_POOL, POOL_PATTERN
 
 
 @click.group()
@@ -75,7 +76,7 @@ def api(host: str | None, port: int | None) -> None:
 )
 @click.option(
     "--pool",
-    default="default",
+    default=DEFAULT_POOL,
     show_default=True,
     help="the pool this worker serves (jobs name it in resources.pool)",
 )
@@ -84,21 +85,17 @@ def worker(gpus: str | None, cpu: bool, queues: str, pool: str, loglevel: str) -
     """Run a Celery worker pinned to a GPU group or the CPU."""
     import re
 
-    from workers.devices import DeviceGroup, parse_gpus
-    from workers.main import run_all, run_worker
+    from workers.main import start
 
     if bool(gpus) == cpu:
         raise click.UsageError("give exactly one of --gpus or --cpu")
-    if not re.match(r"^[a-z0-9][a-z0-9-]{0,31}$", pool):
+    if not re.match(POOL_PATTERN, pool):
         raise click.BadParameter("lower-case letters, digits and '-'", param_hint="--pool")
-    kinds = tuple(q.strip() for q in queues.split(",") if q.strip())
     try:
-        if gpus == "all":
-            sys.exit(run_all(kinds, pool, loglevel))
-        group = parse_gpus(gpus) if gpus else DeviceGroup()
-        run_worker(group, kinds, pool, loglevel)
+        status = start(gpus, queues, pool, loglevel)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    sys.exit(status)
 
 
 @cli.command()

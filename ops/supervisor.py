@@ -7,7 +7,6 @@ and Flower, each in its own process group. Ctrl-C (or SIGTERM) stops them all.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from ops import embedded_redis
+from shared import processes
 
 STOP_GRACE_SECONDS = 10.0
 
@@ -147,7 +147,7 @@ class Supervisor:
             self._secrets()
             self._plan()
             for child in self.children:
-                child.proc = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+                child.proc = processes.spawn(child.argv, env=self.env)
             self._wait_for_api()
             self._banner()
             while not self.stopping:
@@ -169,9 +169,10 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.stopping = True
-        _stop([c.proc for c in self.children if c.proc is not None])
+        procs = [c.proc for c in self.children if c.proc is not None]
+        processes.stop_all(procs, STOP_GRACE_SECONDS)
         if self.redis_proc is not None:  # last: the workers need it to shut down cleanly
-            _stop([self.redis_proc])
+            processes.stop(self.redis_proc, STOP_GRACE_SECONDS)
         (self.home / "redis.url").unlink(missing_ok=True)
         self._say("stopped")
 
@@ -181,23 +182,3 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text + "\n")
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each process group, then SIGKILL what is left after the grace period."""
-    for proc in procs:
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
-        _signal_group(proc, signal.SIGKILL)  # any grandchild left behind in the group
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)

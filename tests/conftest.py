@@ -5,70 +5,25 @@ else SQLite), and worker processes started the way an operator starts them."""
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import sqlalchemy as sa
 
 from ops import embedded_redis
-from shared.celery_app import get_celery
-from shared.config import get_settings
-from shared.db.session import dispose_engines, get_engine
-
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_KEY = secrets.token_urlsafe(32)
-FLOWER_PASSWORD = secrets.token_urlsafe(18)
-AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def _fresh_postgres(url: str) -> tuple[str, str]:
-    """A new database beside the given one, so that runs never see each other's rows."""
-    name = f"tq_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return sa.make_url(url).set(database=name).render_as_string(hide_password=False), name
-
-
-def _drop_postgres(url: str, name: str) -> None:
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def fresh_database(directory: Path) -> tuple[str, Callable[[], None]]:
-    """A new database at the latest schema, and what removes it: a PostgreSQL database
-    beside TORCHQUEUE_TEST_DATABASE_URL when that is set, else a SQLite file."""
-    from shared.db.migrate import upgrade
-
-    admin = os.environ.get("TORCHQUEUE_TEST_DATABASE_URL")
-    if admin:
-        url, name = _fresh_postgres(admin)
-    else:
-        url = f"sqlite:///{directory / f'torchqueue-{uuid.uuid4().hex[:8]}.db'}"
-    upgrade(url)
-
-    def remove() -> None:
-        get_engine(url).dispose()
-        if admin:
-            _drop_postgres(admin, name)
-
-    return url, remove
-
-
-def reset_caches() -> None:
-    get_settings.cache_clear()
-    get_celery.cache_clear()
+from shared import processes
+from shared.db.session import dispose_engines
+from tests.fleet import fleet  # noqa: F401  the fixture, for the tests that take it
+from tests.helpers import (
+    ADMIN_KEY,
+    FLOWER_PASSWORD,
+    fresh_database,
+    reset_caches,
+    start_process,
+    wait_for_worker,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -108,8 +63,7 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     remove_database()
     dispose_engines()
     if redis_proc is not None:
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        processes.stop(redis_proc, timeout=10)
 
 
 @pytest.fixture
@@ -130,7 +84,8 @@ def api_client() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def trained() -> Any:
     """A tiny text_lstm, trained for two epochs on two sentences."""
-    from shared.schemas import TrainRequest, resolve_train
+    from shared.schemas import TrainRequest
+    from shared.validation import resolve_train
     from workers.training import train
 
     body = {
@@ -156,45 +111,6 @@ def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], No
     assert os.environ.get("TORCHQUEUE_REDIS_URL")
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def start_process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Any:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", *argv],
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop_process(proc: Any, timeout: float = 15) -> None:
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def wait_for_worker(name_prefix: str, timeout: float = 60) -> None:
-    """Until a worker whose name starts with ``name_prefix`` answers a ping."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        replies = get_celery().control.ping(timeout=0.5) or []
-        if any(name.startswith(name_prefix) for reply in replies for name in reply):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"no worker {name_prefix}* answered within {timeout} s")
-
-
 @pytest.fixture(scope="session")
 def worker(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One CPU worker serving both queues, as `torchqueue worker --cpu` starts it."""
@@ -204,18 +120,4 @@ def worker(environment: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         wait_for_worker("cpu@")
         yield log
     finally:
-        stop_process(proc)
-
-
-def wait_job(client: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
-
-
-# Worker fleets for one test each (imported last: the module uses the helpers above).
-from tests.fleet import fleet  # noqa: E402, F401
+        processes.stop(proc)

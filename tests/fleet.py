@@ -3,7 +3,6 @@ leases and heartbeats, and helpers to wait for what they do."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -14,13 +13,16 @@ from typing import Any
 import pytest
 import redis
 
+from api.client import Client
 from ops import embedded_redis
-from tests.conftest import (
+from shared import processes
+from tests.helpers import (
+    TERMINAL,
     fresh_database,
     reset_caches,
     start_process,
-    stop_process,
     wait_for_worker,
+    wait_job,
 )
 
 FAST_LEASES = {
@@ -31,7 +33,6 @@ FAST_LEASES = {
     "TORCHQUEUE_WORKER_HEARTBEAT_SECONDS": "0.3",
     "TORCHQUEUE_WORKER_OFFLINE_AFTER_SECONDS": "2",
 }
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Fleet:
 
     def kill9(self, proc: Any) -> float:
         """SIGKILL the whole process group (the Celery parent and its child)."""
-        os.killpg(proc.pid, signal.SIGKILL)
+        processes.signal_group(proc, signal.SIGKILL)
         proc.wait()
         return time.monotonic()
 
@@ -83,7 +84,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
         yield f
     finally:
         for proc in f.procs:
-            stop_process(proc, timeout=5)
+            processes.stop(proc, timeout=5)
         redis_proc.kill()
         redis_proc.wait()
         monkeypatch.undo()
@@ -91,7 +92,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
         remove_database()
 
 
-def _wait(
+def wait(
     client: Any,
     job_id: str,
     until: tuple[str, ...] = TERMINAL,
@@ -99,30 +100,25 @@ def _wait(
     attempts: int = 0,
 ) -> Any:
     """Until the job is in one of ``until`` (after at least ``attempts`` claims)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in until and job["attempts"] >= attempts:
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+    return wait_job(client, job_id, timeout, until=until, attempts=attempts, poll=0.05)
 
 
-def _wait_epoch(client: Any, job_id: str, epoch: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        progress = client.get(f"/v1/jobs/{job_id}").json()["progress"] or {}
-        if progress.get("epoch", 0) >= epoch:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} never reached epoch {epoch}")
+def wait_epoch(client: Any, job_id: str, epoch: int, timeout: float = 60) -> None:
+    """Until the job's progress shows ``epoch``."""
+
+    def reached(job: dict[str, Any]) -> bool:
+        return bool((job["progress"] or {}).get("epoch", 0) >= epoch)
+
+    job = Client(http=client).wait(job_id, timeout=timeout, poll=0.05, until=reached)
+    if not reached(job):
+        raise TimeoutError(f"job {job_id} never reached epoch {epoch}: it is {job['state']}")
 
 
-def _events(client: Any, job_id: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/events").json()
-    return events
+def events(client: Any, job_id: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/events").json()
+    return found
 
 
-def _waiting_messages(client: redis.Redis) -> int:
+def waiting_messages(client: redis.Redis) -> int:
     """Messages in the training queues, at every priority."""
     return sum(client.llen(key) for key in client.scan_iter(match="train*", _type="list"))

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from shared.config import get_settings
-from tests.conftest import unique
 from tests.dbproxy import Proxy
-from tests.fleet import Fleet, _events, _wait
+from tests.fleet import Fleet
+from tests.fleet import events as _events
+from tests.fleet import wait as _wait
+from tests.helpers import unique
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,7 +12,7 @@ import pytest
 from shared.artifacts import sha256_hex
 from shared.enqueue import send_job
 from shared.schemas import JobOut
-from tests.conftest import unique, wait_job
+from tests.helpers import unique, wait_job
 
 pytestmark = pytest.mark.slow
 

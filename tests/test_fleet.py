@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ops.embedded_redis import free_port
 from shared.celery_app import get_celery
-from tests.conftest import FLOWER_PASSWORD, unique
-from tests.fleet import Fleet, _wait, _wait_epoch
+from shared.processes import free_port
+from tests.fleet import Fleet, wait, wait_epoch
+from tests.helpers import FLOWER_PASSWORD, unique
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +49,9 @@ def test_pinned_workers_see_their_devices_and_take_their_jobs(
     assert one["state"] == two["state"] == "online"
     assert one["versions"]["torch"].startswith("2.13")
 
-    single = _wait(api_client, _train(api_client)["id"])
-    double = _wait(api_client, _train(api_client, resources={"devices": 2})["id"])
-    big = _wait(
+    single = wait(api_client, _train(api_client)["id"])
+    double = wait(api_client, _train(api_client, resources={"devices": 2})["id"])
+    big = wait(
         api_client,
         _train(api_client, resources={"devices": 2, "min_device_memory_gb": 20})["id"],
     )
@@ -71,7 +71,7 @@ def test_a_job_for_a_pool_nobody_serves_says_so_then_runs_when_one_starts(
     time.sleep(1.0)
     assert api_client.get(f"/v1/jobs/{job['id']}").json()["state"] == "queued"
     fleet.worker("--cpu", "--pool", "a100", name="cpu@")
-    done = _wait(api_client, job["id"])
+    done = wait(api_client, job["id"])
     assert done["state"] == "succeeded"
     a100 = [w for w in _workers(api_client).values() if w["pool"] == "a100"]
     assert done["worker"].startswith(a100[0]["name"] + ":")
@@ -80,7 +80,7 @@ def test_a_job_for_a_pool_nobody_serves_says_so_then_runs_when_one_starts(
 def test_priorities_order_a_queue(api_client: Any, fleet: Fleet) -> None:
     jobs = {p: _train(api_client, priority=p) for p in (0, 9, 5, 2)}
     fleet.worker()
-    done = {p: _wait(api_client, j["id"]) for p, j in jobs.items()}
+    done = {p: wait(api_client, j["id"]) for p, j in jobs.items()}
     order = sorted(done, key=lambda p: done[p]["started_at"])
     assert order == [9, 5, 2, 0]
 
@@ -88,14 +88,14 @@ def test_priorities_order_a_queue(api_client: Any, fleet: Fleet) -> None:
 def test_predictions_finish_while_a_long_training_runs(api_client: Any, fleet: Fleet) -> None:
     fleet.worker()
     fleet.worker("--cpu", "--queues", "predict", name="cpu-predict@")
-    model = _wait(api_client, _train(api_client)["id"])
+    model = wait(api_client, _train(api_client)["id"])
     long = _train(
         api_client,
         family="text_lstm",
         dataset={"builtin": "sentiment"},
         training={"epochs": 200, "batch_size": 2},
     )
-    _wait_epoch(api_client, long["id"], 1)
+    wait_epoch(api_client, long["id"], 1)
     body = {"model_name": model["model_name"], "inputs": [[5.1, 3.5, 1.4, 0.2]], "wait": 30}
     answer = api_client.post("/v1/jobs/predict", json=body)
     assert answer.status_code == 200 and answer.json()["state"] == "succeeded"
@@ -110,12 +110,12 @@ def test_predictions_finish_while_a_long_training_runs(api_client: Any, fleet: F
 
 def test_the_registry_shows_a_killed_worker_offline(api_client: Any, fleet: Fleet) -> None:
     proc = fleet.worker()
-    job = _wait(api_client, _train(api_client)["id"])
+    job = wait(api_client, _train(api_client)["id"])
     me = _workers(api_client)[f"cpu@{HOST}"]
     assert me["state"] == "online" and me["pid"] == proc.pid
     assert me["current_job"] is None
     long = _train(api_client, training={"epochs": 5000, "batch_size": 1})
-    _wait_epoch(api_client, long["id"], 1)
+    wait_epoch(api_client, long["id"], 1)
     assert _workers(api_client)[f"cpu@{HOST}"]["current_job"] == long["id"]
     fleet.kill9(proc)
     deadline = time.monotonic() + 15
@@ -141,7 +141,7 @@ def test_gpus_all_runs_and_restarts_one_worker_per_gpu(api_client: Any, fleet: F
 
 def test_every_job_shows_what_it_cost(api_client: Any, fleet: Fleet) -> None:
     fleet.worker()
-    job = _wait(api_client, _train(api_client, training={"epochs": 5})["id"])
+    job = wait(api_client, _train(api_client, training={"epochs": 5})["id"])
     usage = job["usage"]
     assert usage["device"] == "cpu"
     assert usage["wall_seconds"] > 0 and usage["device_seconds"] > 0
@@ -175,7 +175,7 @@ def test_flower_shows_the_job_its_model_and_its_progress(api_client: Any, fleet:
         dataset={"builtin": "sentiment"},
         training={"epochs": 400, "batch_size": 4},
     )
-    _wait_epoch(api_client, job["id"], 2)
+    wait_epoch(api_client, job["id"], 2)
     seen: dict[str, Any] = {}
     while time.monotonic() < deadline + 30:
         info = httpx.get(f"http://127.0.0.1:{port}/api/task/info/{job['id']}", auth=login)
@@ -197,7 +197,7 @@ def test_a_two_device_job_trains_data_parallel(api_client: Any, fleet: Fleet) ->
         resources={"devices": 2},
         training={"epochs": 60, "learning_rate": 0.01, "batch_size": 16},
     )
-    done = _wait(api_client, job["id"])
+    done = wait(api_client, job["id"])
     assert done["state"] == "succeeded", done["error"]
     assert done["worker"].startswith(f"gpu0-1@{HOST}:")
     assert done["result"]["metrics"]["val_accuracy"] >= 0.9

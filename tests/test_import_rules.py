@@ -1,8 +1,12 @@
-"""The API and Flower never load torch; ``shared`` and ``api`` never import ``workers``."""
+"""The layers hold (DESIGN.md, Layout): ``shared`` imports none of ``api``, ``workers``,
+``ops``; ``api`` neither ``workers`` nor ``ops``; ``workers`` neither ``api`` nor ``ops``
+(nor runs their modules as commands); the API and Flower never load torch. And no module
+uses a private name (``_name``) of another of our modules."""
 
 from __future__ import annotations
 
 import ast
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,13 +15,31 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.embedded_redis import free_port
-from tests.conftest import AUTH, FLOWER_PASSWORD, ROOT, start_process, stop_process
+from shared import processes
+from shared.processes import free_port
+from tests.helpers import AUTH, FLOWER_PASSWORD, ROOT, start_process
+
+OURS = ("api", "ops", "shared", "tests", "workers")
+# What each package may not import; ``ops`` and ``tests`` may import anything.
+FORBIDDEN = {
+    "api": {"torch", "workers", "ops"},
+    "shared": {"torch", "api", "workers", "ops"},
+    "workers": {"api", "ops"},
+}
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
 
 
 def _imports(path: Path) -> set[str]:
+    """The top-level packages that ``path`` imports, anywhere in it (lazily too)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -25,10 +47,83 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("package", ["api", "shared"])
-def test_no_torch_and_no_workers_in(package: str) -> None:
-    for path in (ROOT / package).rglob("*.py"):
-        assert not _imports(path) & {"torch", "workers"}, path
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_package_imports_no_layer_it_must_not(package: str) -> None:
+    found = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in _sources(package)
+        for name in sorted(_imports(path) & FORBIDDEN[package])
+    ]
+    assert not found, found
+
+
+def test_workers_run_no_module_of_ops_or_api() -> None:
+    """Not even as a command of their own (``python -m ops.cli``)."""
+    module = re.compile(r"^(api|ops)(\.\w+)+$")
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value}"
+        for path in _sources("workers")
+        for node in ast.walk(_tree(path))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and module.match(node.value)
+    ]
+    assert not found, found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _imported_from(node: ast.ImportFrom, path: Path) -> str:
+    """The absolute name of the module that ``node`` imports from."""
+    if node.level == 0:
+        return node.module or ""
+    package = list(path.relative_to(ROOT).with_suffix("").parts)[: -node.level]
+    return ".".join([*package, *([node.module] if node.module else [])])
+
+
+def _root_name(node: ast.expr) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _private_uses(path: Path) -> list[str]:
+    """``from X import _name`` with X one of ours, and ``m._name`` where ``m`` is bound by
+    an import from one of our packages."""
+    tree, where = _tree(path), path.relative_to(ROOT)
+    found: list[str] = []
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            source = _imported_from(node, path)
+            if node.level == 0 and source.split(".")[0] not in OURS:
+                continue
+            found += [
+                f"{where}:{node.lineno}: from {source} import {a.name}"
+                for a in node.names
+                if _private(a.name)
+            ]
+            bound |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            bound |= {
+                a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in OURS
+            }
+    found += [
+        f"{where}:{node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and _private(node.attr)
+        and _root_name(node.value) in bound
+    ]
+    return found
+
+
+@pytest.mark.parametrize("package", OURS)
+def test_no_module_uses_a_private_name_of_another(package: str) -> None:
+    found = [use for path in _sources(package) for use in _private_uses(path)]
+    assert not found, found
 
 
 def _loads_torch(pid: int) -> bool:
@@ -55,7 +150,7 @@ def serving(argv: list[str], port: int, path: str, log: Path) -> Iterator[str]:
         yield base
         assert not _loads_torch(proc.pid), f"{argv[0]} loaded torch"
     finally:
-        stop_process(proc)
+        processes.stop(proc)
 
 
 @pytest.mark.slow

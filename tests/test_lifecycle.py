@@ -16,12 +16,16 @@ import httpx
 import pytest
 import redis
 
-from ops.embedded_redis import free_port
 from shared.config import get_settings
 from shared.enqueue import send_job
+from shared.processes import free_port
 from shared.schemas import JobOut
-from tests.conftest import AUTH, reset_caches, unique
-from tests.fleet import TERMINAL, Fleet, _events, _wait, _wait_epoch, _waiting_messages
+from tests.fleet import Fleet
+from tests.fleet import events as _events
+from tests.fleet import wait as _wait
+from tests.fleet import wait_epoch as _wait_epoch
+from tests.fleet import waiting_messages as _waiting_messages
+from tests.helpers import AUTH, TERMINAL, reset_caches, unique
 from tests.test_import_rules import serving
 
 pytestmark = pytest.mark.slow

@@ -17,9 +17,11 @@ from shared.artifacts import open_store
 from shared.db import store
 from shared.db.session import session_scope
 from shared.jobstate import JobKind
-from shared.schemas import TrainRequest, resolve_train
-from tests.conftest import start_process, stop_process, unique, wait_for_worker, wait_job
+from shared.processes import stop as stop_process
+from shared.schemas import TrainRequest
+from shared.validation import resolve_train
 from tests.fleet import Fleet
+from tests.helpers import start_process, unique, wait_for_worker, wait_job
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,11 @@ import torch.distributed as tdist
 from shared.artifacts import open_store
 from shared.db import store
 from shared.db.session import session_scope
+from shared.processes import free_port
 from shared.schemas import TrainSpec
 from workers.checkpoint import Checkpointer, checkpoint_key
-from workers.training import Dist, Hooks, Trained, train
+from workers.rank import Dist
+from workers.training import Hooks, Trained, train
 
 TIMEOUT = timedelta(minutes=5)
 
@@ -48,8 +50,6 @@ def _join(rank: int, world: int, port: int, cuda: bool) -> None:
 
 def train_parallel(spec: TrainSpec, job_id: str, hooks: Hooks, world: int, cuda: bool) -> Trained:
     """Rank 0 of ``world``: start the other ranks, train with them, and wait for them."""
-    from ops.embedded_redis import free_port
-
     port = free_port()
     followers = [
         subprocess.Popen(

@@ -76,7 +76,7 @@ def cached() -> list[tuple[str, int]]:
 
 def threads_for(rows: int) -> int:
     """One thread for a small batch; for a large one, what the worker was given
-    (``workers.main.torch_threads``)."""
+    (``workers.threads.torch_threads``)."""
     if rows < SMALL_BATCH_ROWS:
         return 1
     return _DEFAULT_THREADS

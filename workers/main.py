@@ -1,32 +1,34 @@
-"""Starting a worker pinned to one device group, or one per GPU (``--gpus all``).
+"""Starting a worker pinned to one device group, or one per GPU (``--gpus all``):
 
-The group is pinned (CUDA_VISIBLE_DEVICES) before anything imports torch. Training
-workers use the prefork pool with one child: the child owns the device, the parent never
-touches CUDA and keeps heartbeats, control commands and time limits alive. Prediction
-workers run each task in the consumer's own thread (the solo pool): one process owns the
-device and the loaded models, the API has already coalesced concurrent requests into
-batches of milliseconds, and a hand-off to a pool thread costs more than it saves.
-The parent registers the worker in the database and renews its row from a thread.
+    python -m workers.main (--gpus 0 | --gpus 2,3 | --gpus all | --cpu)
+        [--queues train,predict] [--pool default] [--loglevel INFO]
+
+which is what ``torchqueue worker`` runs. The group is pinned (CUDA_VISIBLE_DEVICES)
+before anything imports torch. Training workers use the prefork pool with one child: the
+child owns the device, the parent never touches CUDA and keeps heartbeats, control
+commands and time limits alive. Prediction workers run each task in the consumer's own
+thread (the solo pool): one process owns the device and the loaded models, the API has
+already coalesced concurrent requests into batches of milliseconds, and a hand-off to a
+pool thread costs more than it saves. The parent registers the worker in the database
+(``workers.registration``); torch's thread count follows ``workers.threads``.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import os
-import platform
-import signal
+import re
 import socket
-import subprocess
 import sys
-import threading
-from importlib import metadata
 from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
-from shared.routing import worker_queues
-from workers.devices import DeviceGroup, discover_gpus
+from shared.routing import DEFAULT_POOL, POOL_PATTERN, worker_queues
+from workers import threads
+from workers.devices import DeviceGroup, discover_gpus, parse_gpus
+from workers.registration import Registration
 
 log = logging.getLogger(__name__)
 MAX_TASKS_PER_CHILD = 100
@@ -41,7 +43,7 @@ def _child_init(**_: Any) -> None:
     from shared.db.session import after_fork
 
     after_fork()
-    _load_torch()
+    threads.load_torch()
     # What the first training job would otherwise wait for (about 2 s): the optimizers'
     # fused paths load torch._dynamo, the built-in data sets scikit-learn.
     import sklearn.datasets  # noqa: F401
@@ -55,38 +57,6 @@ def _record_pending(**_: Any) -> None:
         from workers.serving import close_writer
 
         close_writer()
-
-
-# Threads torch may use in this worker process, chosen before the pool starts.
-_THREADS = 0
-
-
-def torch_threads(group: DeviceGroup, predict_only: bool, gpus_on_host: int) -> int:
-    """The thread rule (README, Performance), unless TORCHQUEUE_TORCH_THREADS says:
-    - a GPU worker: the GPU does the arithmetic; a few threads feed it, at most 4, and
-      the host's cores are shared among its GPUs' workers;
-    - a CPU prediction worker: every core (a batch under 32 rows then runs on one thread:
-      ``workers.inference.threads_for``);
-    - a CPU training worker: half the cores, since the host also runs a prediction worker
-      and the API; two processes asking for every core slow each other several times over.
-    0 means: leave torch's own choice."""
-    from shared.config import get_settings
-
-    configured = get_settings().torch_threads
-    if configured > 0:
-        return configured
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    if group.gpus:
-        return max(1, min(4, cores // max(1, gpus_on_host)))
-    return 0 if predict_only else max(1, cores // 2)
-
-
-def _load_torch() -> None:
-    import torch
-
-    if _THREADS > 0:
-        torch.set_num_threads(_THREADS)
 
 
 def node_name(group: DeviceGroup, kinds: tuple[str, ...]) -> str:
@@ -115,67 +85,6 @@ def worker_argv(name: str, queues: list[str], predict_only: bool, loglevel: str)
     ]
 
 
-def _versions() -> dict[str, str]:
-    """Software versions, read without importing torch."""
-    out = {"python": platform.python_version()}
-    for package in ("torchqueue", "torch", "celery"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-class Registration:
-    """The worker's row in the registry, renewed from a thread of the parent process."""
-
-    def __init__(self, name: str, pool: str, queues: list[str], devices: list[Any]) -> None:
-        self.fields = {
-            "name": name,
-            "host": socket.gethostname(),
-            "pool": pool,
-            "queues": queues,
-            "devices": devices,
-            "versions": _versions(),
-            "pid": os.getpid(),
-        }
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
-
-    def __enter__(self) -> Registration:
-        from shared.db import registry
-        from shared.db.session import session_scope
-
-        with session_scope() as s:
-            registry.register(s, **self.fields)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        from shared.config import get_settings
-        from shared.db import registry
-        from shared.db.session import session_scope
-
-        while not self._done.wait(get_settings().worker_heartbeat_seconds):
-            try:
-                with session_scope() as s:
-                    registry.seen(s, str(self.fields["name"]))
-            except Exception as exc:  # a database blip: try again next beat
-                log.warning("could not renew the worker's registration: %s", exc)
-
-    def __exit__(self, *_: object) -> None:
-        from shared.db import registry
-        from shared.db.session import session_scope
-
-        self._done.set()
-        self._thread.join(5)
-        try:
-            with session_scope() as s:
-                registry.stopped(s, str(self.fields["name"]))
-        except Exception as exc:
-            log.warning("could not mark the worker stopped: %s", exc)
-
-
 def run_worker(
     group: DeviceGroup, kinds: tuple[str, ...], pool: str, loglevel: str = "INFO"
 ) -> None:
@@ -191,75 +100,54 @@ def run_worker(
     app = get_celery()
     import workers.tasks  # noqa: F401  registers the tasks with the app
 
-    global _THREADS
-    _THREADS = torch_threads(group, QUEUE_TRAIN not in kinds, len(discover_gpus()))
-    log.info("torch threads per process: %s", _THREADS or "torch's default")
+    predict_only = QUEUE_TRAIN not in kinds
+    chosen = threads.choose(group, predict_only, len(discover_gpus()))
+    log.info("torch threads per process: %s", chosen or "torch's default")
     worker_process_init.connect(_child_init, weak=False)
     worker_process_shutdown.connect(_record_pending, weak=False)
     worker_shutdown.connect(_record_pending, weak=False)
-    predict_only = QUEUE_TRAIN not in kinds
     if predict_only:
-        _load_torch()
+        threads.load_torch()
     name = node_name(group, kinds)
     with Registration(name, pool, queues, [d.to_json() for d in devices]):
         app.worker_main(worker_argv(name, queues, predict_only, loglevel))
 
 
-class PerGpu:
-    """One worker process per GPU, each pinned to its own; a worker that dies is started
-    again, after a pause that doubles while it keeps dying."""
+def start(gpus: str | None, queues: str, pool: str, loglevel: str = "INFO") -> int:
+    """Run the worker for ``gpus`` ("0", "2,3"; None: the CPU), or with "all" one per GPU,
+    taking the kinds of job named in ``queues`` ("train,predict"); raise ValueError when
+    an argument is wrong. Returns the exit status."""
+    kinds = tuple(q.strip() for q in queues.split(",") if q.strip())
+    if gpus == "all":
+        from workers.per_gpu import run_all
 
-    def __init__(self, gpus: list[int], argv: list[str]) -> None:
-        self.gpus, self.argv = gpus, argv
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.pause = dict.fromkeys(gpus, 1.0)
-        self.stopping = threading.Event()
-
-    def _tend(self, gpu: int) -> None:
-        proc = self.procs.get(gpu)
-        if proc is not None and proc.poll() is None:
-            return
-        if proc is not None:
-            log.warning("worker for GPU %d exited with %s; restarting", gpu, proc.returncode)
-            self.stopping.wait(self.pause[gpu])
-            self.pause[gpu] = min(self.pause[gpu] * 2, 60.0)
-        if not self.stopping.is_set():
-            self.procs[gpu] = subprocess.Popen([*self.argv, "--gpus", str(gpu)])
-
-    def run(self) -> int:
-        while not self.stopping.is_set():
-            for gpu in self.gpus:
-                self._tend(gpu)
-            self.stopping.wait(1.0)
-        live = [p for p in self.procs.values() if p.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)
-        for proc in live:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        return 0
+        return run_all(kinds, pool, loglevel)
+    run_worker(parse_gpus(gpus) if gpus else DeviceGroup(), kinds, pool, loglevel)
+    return 0
 
 
-def run_all(kinds: tuple[str, ...], pool: str, loglevel: str = "INFO") -> int:
-    """``--gpus all``: supervise one worker per GPU until SIGTERM or SIGINT."""
-    gpus = discover_gpus()
-    if not gpus:
-        raise ValueError("--gpus all: no GPU found (NVML, nvidia-smi, TORCHQUEUE_FAKE_GPUS)")
-    argv = [
-        sys.executable,
-        "-m",
-        "ops.cli",
-        "worker",
-        "--queues",
-        ",".join(kinds),
-        "--pool",
-        pool,
-        "--loglevel",
-        loglevel,
-    ]
-    supervisor = PerGpu(gpus, argv)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: supervisor.stopping.set())
-    return supervisor.run()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.main",
+        description="Run a Celery worker pinned to a GPU group or the CPU.",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gpus", help="GPU indices for one worker (0 or 2,3), or all: one each")
+    where.add_argument("--cpu", action="store_true", help="run on the CPU")
+    parser.add_argument("--queues", default="train,predict", help="train, predict or both")
+    parser.add_argument("--pool", default=DEFAULT_POOL, help="the pool this worker serves")
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
+    if not args.cpu and not args.gpus:
+        parser.error("give exactly one of --gpus or --cpu")
+    if not re.match(POOL_PATTERN, args.pool):
+        parser.error("--pool: lower-case letters, digits and '-'")
+    try:
+        status = start(args.gpus, args.queues, args.pool, args.loglevel)
+    except ValueError as exc:
+        parser.error(str(exc))
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

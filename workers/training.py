@@ -9,7 +9,6 @@ losses and predictions are tallied once per block, and read once per epoch.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,8 +22,12 @@ from shared.errors import BadData, NonFiniteLoss
 from shared.schemas import TrainSpec
 from workers import data
 from workers.checkpoint import Checkpointer, TrainState
+from workers.early_stopping import EarlyStopping
 from workers.families import BUILDERS, Preprocessor
+from workers.heads import Head
 from workers.preprocess import LabelEncoder, TargetScaler
+from workers.rank import Dist
+from workers.resume import restore, snapshot, usable
 
 EVAL_BATCH = 4096
 # An epoch's shuffled rows are copied into contiguous blocks of at most this many rows
@@ -51,38 +54,6 @@ class Trained:
     samples: int = 0
 
 
-class Head:
-    """Loss and scoring for one task: ``bce`` (two classes, one logit), ``ce`` or ``mse``."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-            "bce": nn.functional.binary_cross_entropy_with_logits,
-            "ce": nn.functional.cross_entropy,
-            "mse": nn.functional.mse_loss,
-        }
-        self.loss_fn = losses[kind]
-
-    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.kind in ("bce", "mse"):
-            return self.loss_fn(out.squeeze(-1).float(), y)
-        return self.loss_fn(out.float(), y)
-
-    def predicted(self, out: torch.Tensor) -> torch.Tensor:
-        if self.kind == "bce":
-            return (out.squeeze(-1) > 0).long()
-        if self.kind == "ce":
-            return out.argmax(dim=-1)
-        return out.squeeze(-1).float()
-
-    def score(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Summed over the rows: correct answers, or squared errors (standardized)."""
-        pred = self.predicted(out)
-        if self.kind == "mse":
-            return ((pred - y) ** 2).sum()
-        return (pred == y.long()).sum().float()
-
-
 def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = min(int(n * fraction), n - 1) if n >= 2 else 0
@@ -104,13 +75,16 @@ def _targets(
     if len(enc.classes) < 2:
         raise BadData("classification needs at least two classes")
     y = enc.encode(labels)
-    if len(enc.classes) == 2 and BUILDERS[spec.family].binary_as_one_logit:
+    n_outputs = BUILDERS[spec.family].family.n_outputs(spec.task, len(enc.classes))
+    if n_outputs == 1:
         return y.float(), enc.to_json(), "bce", 1
-    return y, enc.to_json(), "ce", len(enc.classes)
+    return y, enc.to_json(), "ce", n_outputs
 
 
 @dataclass
-class _Data:
+class Rows:
+    """One split of the data: inputs and encoded targets, on the device."""
+
     x: torch.Tensor
     y: torch.Tensor
 
@@ -128,7 +102,7 @@ def _forward(module: nn.Module, amp: bool) -> Callable[[torch.Tensor], torch.Ten
 
 
 def _evaluate(
-    module: nn.Module, head: Head, d: _Data, target: dict[str, Any], amp: bool
+    module: nn.Module, head: Head, d: Rows, target: dict[str, Any], amp: bool
 ) -> dict[str, float]:
     """Loss and score over ``d``, in large batches under inference mode, read once."""
     module.eval()
@@ -173,51 +147,18 @@ class Interrupted(Exception):
         self.epoch = epoch
 
 
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a data-parallel run (rank 0 of 1 when alone)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def leader(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, perm: torch.Tensor) -> torch.Tensor:
-        """Every rank the same number of rows (the remainder waits for the next epoch's
-        shuffle), so that every rank runs the same number of steps."""
-        if self.world == 1:
-            return perm
-        per_rank = len(perm) // self.world
-        return perm[: per_rank * self.world][self.rank :: self.world]
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """True on every rank when any rank says so (the leader hears of a cancel)."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item())
-
-    def total(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            torch.distributed.all_reduce(t)
-        return t
-
-
-def _block_rows(d: _Data, batch_size: int) -> int:
+def _block_rows(d: Rows, batch_size: int) -> int:
     """Rows per contiguous block: whole batches, within BLOCK_ROWS and BLOCK_BYTES."""
     row_bytes = max(d.x[:1].numel() * d.x.element_size(), 1)
     rows = min(BLOCK_ROWS, BLOCK_BYTES // row_bytes)
     return max(rows // batch_size, 1) * batch_size
 
 
-def _train_epoch(
+def train_epoch(
     module: nn.Module,
     head: Head,
     opt: torch.optim.Optimizer,
-    d: _Data,
+    d: Rows,
     batch_size: int,
     gen: torch.Generator,
     amp: bool,
@@ -282,16 +223,16 @@ class Hooks:
 
 
 @dataclass
-class _Run:
-    """Everything one training run works with."""
+class Prepared:
+    """Everything one training run works with (``prepare`` makes it)."""
 
     spec: TrainSpec
     pre: Preprocessor
     target: dict[str, Any]
     n_outputs: int
     input_schema: dict[str, Any]
-    tr: _Data
-    va: _Data
+    tr: Rows
+    va: Rows
     # ``net`` is the model; ``module`` is what trains it (``net`` itself, or a
     # DistributedDataParallel around it).
     net: nn.Module
@@ -311,7 +252,7 @@ def _take(inputs: Sequence[Any], idx: torch.Tensor) -> Sequence[Any]:
     return [inputs[i] for i in idx.tolist()]
 
 
-def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -> _Run:
+def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = None) -> Prepared:
     """Data as tensors on the device, the model, its optimizer and generators; the
     preprocessing comes from the checkpoint when resuming."""
     t = spec.training
@@ -326,11 +267,11 @@ def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -
     else:
         pre = builder.fit_preprocessor(spec.params, _take(raw.inputs, train_idx))
     x = pre.encode(raw.inputs)
-    tr = _Data(x[train_idx].to(device), y[train_idx].to(device))
-    va = _Data(x[val_idx].to(device), y[val_idx].to(device))
+    tr = Rows(x[train_idx].to(device), y[train_idx].to(device))
+    va = Rows(x[val_idx].to(device), y[val_idx].to(device))
     torch.manual_seed(t.seed)
     module = builder.build(spec.params, pre, n_outputs).to(device)
-    return _Run(
+    return Prepared(
         spec=spec,
         pre=pre,
         target=target,
@@ -349,11 +290,11 @@ def _prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None) -
     )
 
 
-def _epoch(run: _Run, epoch: int, hooks: Hooks, dist: Dist) -> dict[str, Any]:
+def _epoch(run: Prepared, epoch: int, hooks: Hooks, dist: Dist) -> dict[str, Any]:
     started = time.perf_counter()
     t = run.spec.training
     try:
-        summed = _train_epoch(
+        summed = train_epoch(
             run.module,
             run.head,
             run.opt,
@@ -378,7 +319,7 @@ def _epoch(run: _Run, epoch: int, hooks: Hooks, dist: Dist) -> dict[str, Any]:
         record["train_mse"] = total / rows * run.target["std"] ** 2
     else:
         record["train_accuracy"] = score / rows
-    record |= _validation(run)
+    record |= validation(run)
     record["seconds"] = round(time.perf_counter() - started, 4)
     return record | hooks.record_extra
 
@@ -401,12 +342,12 @@ def train(
     hooks = hooks or Hooks()
     dist = dist or Dist()
     on_epoch = (on_epoch or hooks.on_epoch) if dist.leader else None
-    resume = _usable(hooks.checkpointer, spec)
-    run = _prepare(spec, device or torch.device("cpu"), resume)
+    resume = usable(hooks.checkpointer, spec)
+    run = prepare(spec, device or torch.device("cpu"), resume)
     history: list[dict[str, Any]] = []
     first = 1
     if resume is not None:
-        history, first = _restore(resume, run), resume.epoch + 1
+        history, first = restore(resume, run), resume.epoch + 1
         if hooks.on_resume is not None and dist.leader:
             hooks.on_resume(resume.epoch)
     if dist.world > 1:
@@ -420,7 +361,7 @@ def train(
         run.stopper.should_stop(record, run.net)
         saving = hooks.checkpointer is not None and dist.leader
         if saving and hooks.checkpointer.due(final=run.stopper.stopped):  # type: ignore[union-attr]
-            hooks.checkpointer.save(_state(epoch, run, history))  # type: ignore[union-attr]
+            hooks.checkpointer.save(snapshot(epoch, run, history))  # type: ignore[union-attr]
         # After the checkpoint: progress that shows epoch k means a crash resumes from k
         # (or, where checkpoints skip short epochs, from the last one written).
         if on_epoch is not None:
@@ -443,51 +384,7 @@ def train(
     )
 
 
-def _identity(spec: TrainSpec) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed by ``spec``."""
-    return {"family": spec.family, "params": spec.params, "training": spec.training.model_dump()}
-
-
-def _usable(checkpointer: Checkpointer | None, spec: TrainSpec) -> TrainState | None:
-    state = checkpointer.load() if checkpointer is not None else None
-    if state is None or state.meta.get("spec") != json.loads(json.dumps(_identity(spec))):
-        return None
-    return state
-
-
-def _state(epoch: int, run: _Run, history: list[dict[str, Any]]) -> TrainState:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
-    best = run.stopper.best
-    return TrainState(
-        epoch=epoch,
-        model=run.net.state_dict(),
-        optimizer=run.opt.state_dict(),
-        rng=torch.get_rng_state(),
-        shuffle_rng=run.gen.get_state(),
-        cuda_rng=list(cuda),
-        history=history,
-        best=best[2] if best is not None else None,
-        meta={
-            "spec": _identity(run.spec),
-            "preprocessor": run.pre.to_json(),
-            "target": run.target,
-            "stopper": run.stopper.to_json(),
-        },
-    )
-
-
-def _restore(state: TrainState, run: _Run) -> list[dict[str, Any]]:
-    run.net.load_state_dict(state.model)
-    run.opt.load_state_dict(state.optimizer)
-    torch.set_rng_state(state.rng)
-    run.gen.set_state(state.shuffle_rng)
-    if state.cuda_rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state.cuda_rng)
-    run.stopper.load(state.meta["stopper"], state.best)
-    return list(state.history)
-
-
-def _validation(run: _Run) -> dict[str, float]:
+def validation(run: Prepared) -> dict[str, float]:
     """The epoch's validation loss and score (accuracy, or MSE beside the baseline's)."""
     if not len(run.va.x):
         return {}
@@ -499,42 +396,7 @@ def _validation(run: _Run) -> dict[str, float]:
     return out
 
 
-class EarlyStopping:
-    """Stop after ``patience`` epochs without a lower validation loss; keep the best weights."""
-
-    def __init__(self, patience: int | None):
-        self.patience = patience
-        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-        self.stopped = False
-
-    def should_stop(self, record: dict[str, Any], module: nn.Module) -> bool:
-        if not self.patience:
-            return False
-        if self.best is None or record["val_loss"] < self.best[0]:
-            weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            self.best = (record["val_loss"], record["epoch"], weights)
-        elif record["epoch"] - self.best[1] >= self.patience:
-            self.stopped = True
-        return self.stopped
-
-    def to_json(self) -> dict[str, Any]:
-        best = None if self.best is None else [self.best[0], self.best[1]]
-        return {"best": best, "stopped": self.stopped}
-
-    def load(self, data: dict[str, Any], weights: dict[str, torch.Tensor] | None) -> None:
-        self.stopped = bool(data["stopped"])
-        if data["best"] is not None and weights is not None:
-            self.best = (float(data["best"][0]), int(data["best"][1]), weights)
-
-    def restore(self, module: nn.Module) -> int | None:
-        """Put the best weights back; return their epoch (None when not tracking)."""
-        if self.best is None:
-            return None
-        module.load_state_dict(self.best[2])
-        return self.best[1]
-
-
-def _baseline_mse(tr: _Data, va: _Data, target: dict[str, Any]) -> float | None:
+def _baseline_mse(tr: Rows, va: Rows, target: dict[str, Any]) -> float | None:
     """Validation MSE of always answering the training mean: what a model must beat."""
     if not len(va.x):
         return None

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from api.client import TERMINAL, Client
 from ops.bench import load, models
 from ops.bench.system import System
 
@@ -119,15 +120,12 @@ def naive_rows(system: System, plan: Plan, ceiling: dict[str, float]) -> tuple[l
 
 
 def _wait_job(client: httpx.Client, job_id: str, timeout: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            if job["state"] != "succeeded":
-                raise RuntimeError(f"job {job_id} {job['state']}: {job.get('error')}")
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
+    job = Client(http=client).wait(job_id, timeout=timeout, poll=0.05)
+    if job["state"] not in TERMINAL:
+        raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"job {job_id} {job['state']}: {job.get('error')}")
+    return job
 
 
 def _train(client: httpx.Client, body: dict[str, Any]) -> tuple[dict[str, Any], float]:

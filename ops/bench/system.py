@@ -3,10 +3,8 @@ process groups) with the temporary home, even on error."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +16,7 @@ from typing import Any
 import httpx
 
 from ops import embedded_redis
+from shared import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +52,7 @@ class System:
         get_settings.cache_clear()
         get_celery.cache_clear()
         upgrade(db_url)
-        port = embedded_redis.free_port()
+        port = processes.free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         self._spawn("api", ["-m", "ops.cli", "api", "--port", str(port)])
         self._spawn("predict", ["-m", "ops.cli", "worker", "--cpu", "--queues", "predict"])
@@ -64,18 +63,8 @@ class System:
         self._spawn("naive", naive)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        with (self.home / f"{name}.log").open("ab") as out:
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, *argv],
-                    cwd=ROOT,
-                    env=dict(os.environ),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
+        log = self.home / f"{name}.log"
+        self.procs.append(processes.spawn([sys.executable, *argv], log=log, cwd=ROOT))
 
     def _check_alive(self) -> None:
         for proc in self.procs:
@@ -110,24 +99,11 @@ class System:
             return False
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            _stop(proc)
+        for proc in reversed(self.procs):  # Redis last: the workers need it to stop cleanly
+            processes.stop(proc, timeout=15)
         shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _pings(app: Any, prefix: str) -> int:
     replies = app.control.ping(timeout=0.5) or []
     return sum(1 for reply in replies for name in reply if name.startswith(prefix))
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()

@@ -19,8 +19,11 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared.schemas import TrainRequest, resolve_train
+from shared.schemas import TrainRequest
+from shared.validation import resolve_train
 from workers import training
+from workers.rank import Dist
+from workers.training import Prepared
 
 CASES = {
     "mlp/digits": ("mlp", "digits", 64),
@@ -28,7 +31,7 @@ CASES = {
 }
 
 
-def _setup(family: str, dataset: str, batch_size: int) -> training._Run:
+def _setup(family: str, dataset: str, batch_size: int) -> Prepared:
     spec = resolve_train(
         TrainRequest.model_validate(
             {
@@ -39,16 +42,16 @@ def _setup(family: str, dataset: str, batch_size: int) -> training._Run:
             }
         )
     )
-    return training._prepare(spec, torch.device("cpu"), None)
+    return training.prepare(spec, torch.device("cpu"))
 
 
-def _step(run: training._Run, xb: torch.Tensor, yb: torch.Tensor) -> None:
+def _step(run: Prepared, xb: torch.Tensor, yb: torch.Tensor) -> None:
     run.opt.zero_grad(set_to_none=True)
     run.head.loss(run.net(xb), yb).backward()
     run.opt.step()
 
 
-def in_memory(run: training._Run, bs: int) -> None:
+def in_memory(run: Prepared, bs: int) -> None:
     x, y = run.tr.x, run.tr.y
     run.net.train()
     perm = torch.randperm(len(x), generator=run.gen)
@@ -57,10 +60,10 @@ def in_memory(run: training._Run, bs: int) -> None:
         _step(run, x[idx], y[idx])
 
 
-def loaders(run: training._Run, bs: int) -> Callable[[training._Run, int], None]:
+def loaders(run: Prepared, bs: int) -> Callable[[Prepared, int], None]:
     loader = DataLoader(TensorDataset(run.tr.x, run.tr.y), batch_size=bs, shuffle=True)
 
-    def data_loader(run: training._Run, bs: int) -> None:
+    def data_loader(run: Prepared, bs: int) -> None:
         run.net.train()
         for xb, yb in loader:
             _step(run, xb, yb)
@@ -68,15 +71,15 @@ def loaders(run: training._Run, bs: int) -> Callable[[training._Run, int], None]
     return data_loader
 
 
-def torchqueue(run: training._Run, bs: int) -> None:
-    summed = training._train_epoch(
-        run.net, run.head, run.opt, run.tr, bs, run.gen, False, training._never, training.Dist()
+def torchqueue(run: Prepared, bs: int) -> None:
+    summed = training.train_epoch(
+        run.net, run.head, run.opt, run.tr, bs, run.gen, False, lambda: False, Dist()
     )
     summed.tolist()
 
 
-def validation(run: training._Run, bs: int) -> None:
-    training._validation(run)
+def validation(run: Prepared, bs: int) -> None:
+    training.validation(run)
 
 
 def main() -> None:
@@ -91,7 +94,7 @@ def main() -> None:
     )
     for name, (family, dataset, bs) in CASES.items():
         run = _setup(family, dataset, bs)
-        fns: dict[str, Callable[[training._Run, int], None]] = {
+        fns: dict[str, Callable[[Prepared, int], None]] = {
             "loader": loaders(run, bs),
             "memory": in_memory,
             "torchqueue": torchqueue,

@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.db import keys
 from shared.db.models import ApiKey
 from shared.db.session import session_scope
-from tests.conftest import ROOT, unique
+from tests.helpers import ROOT, unique
 
 TRAIN = {"model_name": "auth", "family": "mlp", "dataset": {"builtin": "iris"}}
 # The scopes each /v1 route needs; a route missing here fails the test below.

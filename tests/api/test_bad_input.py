@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import unique
+from tests.helpers import unique
 
 TRAIN = {"model_name": "m", "family": "mlp", "dataset": {"builtin": "iris"}}
 

@@ -19,14 +19,15 @@ import pytest
 import sqlalchemy as sa
 
 from api.app import create_app
-from ops.embedded_redis import free_port
 from shared.config import get_settings
 from shared.db import store
 from shared.db.models import Job, RegisteredModel
 from shared.db.session import session_scope
 from shared.jobstate import JobKind
-from tests.conftest import ADMIN_KEY, start_process, stop_process, unique
+from shared.processes import free_port
+from shared.processes import stop as stop_process
 from tests.dbproxy import Proxy
+from tests.helpers import ADMIN_KEY, start_process, unique
 
 pytestmark = [
     pytest.mark.slow,

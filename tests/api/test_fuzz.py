@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ops import embedded_redis
-from ops.embedded_redis import free_port
 from shared.errors import InvalidSpec
-from shared.schemas import TrainRequest, resolve_train
-from tests.conftest import ADMIN_KEY, AUTH, ROOT, fresh_database
+from shared.processes import free_port
+from shared.schemas import TrainRequest
+from shared.validation import resolve_train
+from tests.helpers import ADMIN_KEY, AUTH, ROOT, fresh_database
 from tests.test_import_rules import serving
 
 json_values = st.recursive(

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ops.embedded_redis import free_port
-from tests.conftest import unique
+from shared.processes import free_port
+from tests.helpers import unique
 
 
 def test_healthz_and_readyz(api_client: Any) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ops.client_commands import render
-from ops.embedded_redis import free_port
-from tests.conftest import ROOT, unique
+from shared.processes import free_port
+from tests.helpers import ROOT, unique
 from tests.test_import_rules import serving
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 COMPOSE = (ROOT / "docker-compose.yml").read_text()
 SECRETS = {"REDIS_PASSWORD", "POSTGRES_PASSWORD", "BOOTSTRAP_KEY", "FLOWER_PASSWORD"}

@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.embedded_redis import free_port
-from tests.conftest import ROOT
+from shared import processes
+from shared.processes import free_port
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +55,7 @@ def test_make_up_serves_training_and_prediction_then_stops_on_ctrl_c(tmp_path: P
         "TORCHQUEUE_FLOWER_PORT": str(flower_port),
     }
     log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        up = subprocess.Popen(
-            ["make", "--no-print-directory", "up"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    up = processes.spawn(["make", "--no-print-directory", "up"], log=log, env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 180
         while "ready; Ctrl-C stops everything" not in log.read_text():
@@ -108,11 +101,11 @@ def test_make_up_serves_training_and_prediction_then_stops_on_ctrl_c(tmp_path: P
         assert list((home / "artifacts" / "models" / "up-iris").glob("*/model.safetensors"))
         assert len(_processes_with_home(home)) >= 5  # make, up, redis, api, workers, flower
     finally:
-        os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        processes.signal_group(up, signal.SIGINT)  # what Ctrl-C in a terminal does
         try:
             up.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
+            processes.signal_group(up, signal.SIGKILL)
             raise
     text = log.read_text()
     assert "torchqueue | stopped" in text, text

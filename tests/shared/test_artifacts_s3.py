@@ -17,12 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from ops.embedded_redis import free_port
+from shared import processes
 from shared.artifacts import S3ArtifactStore, open_store, sha256_hex
 from shared.config import get_settings
 from shared.errors import ModelLoadError, Unavailable
-from shared.schemas import TrainRequest, resolve_train
-from tests.conftest import ROOT
+from shared.schemas import TrainRequest
+from shared.validation import resolve_train
+from tests.helpers import ROOT
 from workers import modelio
 from workers.checkpoint import Checkpointer
 from workers.training import Hooks, Interrupted, Trained, train
@@ -55,18 +56,15 @@ def _wait_until_answering(proc: subprocess.Popen[bytes], endpoint: str, log: Pat
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     import boto3
 
-    port = free_port()
+    port = processes.free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT,
-            env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = processes.spawn(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        log=log,
+        env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"},
+        cwd=ROOT,
+    )
     try:
         _wait_until_answering(proc, endpoint, log)
         bucket = f"tq-{uuid.uuid4().hex[:12]}"
@@ -98,12 +96,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
                 client.close()
         get_settings.cache_clear()  # after the environment is restored
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc, timeout=10)
 
 
 @pytest.fixture
@@ -199,7 +192,7 @@ def test_an_unreachable_endpoint_is_unavailable() -> None:
     import s3fs
 
     files = s3fs.S3FileSystem(
-        endpoint_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        endpoint_url=f"http://127.0.0.1:{processes.free_port()}",  # nothing listens there
         key=KEY_ID,
         secret=SECRET,
         client_kwargs={"region_name": REGION},

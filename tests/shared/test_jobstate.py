@@ -7,7 +7,7 @@ import pytest
 from shared.db import store
 from shared.db.session import session_scope
 from shared.jobstate import ALLOWED_FROM, TERMINAL, JobKind, JobState, transition
-from tests.conftest import unique
+from tests.helpers import unique
 
 
 def _new_job() -> str:

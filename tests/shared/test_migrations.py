@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from shared.db.migrate import downgrade, upgrade
 from shared.db.models import Base
 from shared.db.session import get_engine
-from tests.conftest import _drop_postgres, _fresh_postgres
+from tests.helpers import drop_postgres, fresh_postgres
 
 TABLES = {
     "alembic_version",
@@ -48,8 +48,8 @@ def test_upgrade_from_empty_on_sqlite(tmp_path: Path) -> None:
 )
 def test_upgrade_from_empty_on_postgresql() -> None:
     admin = os.environ["TORCHQUEUE_TEST_DATABASE_URL"]
-    url, name = _fresh_postgres(admin)
+    url, name = fresh_postgres(admin)
     try:
         _check_upgrade_from_empty(url)
     finally:
-        _drop_postgres(admin, name)
+        drop_postgres(admin, name)

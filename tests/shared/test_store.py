@@ -8,7 +8,7 @@ from shared.db import store
 from shared.db.session import session_scope
 from shared.errors import NotFound
 from shared.jobstate import JobKind
-from tests.conftest import unique
+from tests.helpers import unique
 
 
 def _register(name: str) -> int:

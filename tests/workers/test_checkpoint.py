@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from shared.artifacts import LocalArtifactStore
-from shared.schemas import TrainRequest, TrainSpec, resolve_train
+from shared.schemas import TrainRequest, TrainSpec
+from shared.validation import resolve_train
 from workers.checkpoint import JOB_SHARE, Checkpointer
 from workers.training import Hooks, Interrupted, train
 

@@ -11,7 +11,7 @@ import pytest
 from shared.artifacts import LocalArtifactStore
 from shared.jobstate import now
 from shared.schemas import ModelVersionOut
-from tests.conftest import reset_caches
+from tests.helpers import reset_caches
 from workers import inference, modelio
 
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from shared.errors import NonFiniteLoss
-from shared.schemas import TrainRequest, resolve_train
+from shared.schemas import TrainRequest
+from shared.validation import resolve_train
 from workers.training import Trained, train
 
 
