@@ -32,7 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from shared.config import get_settings
 from shared.constants import REPLY_CHANNEL
-from shared.db import registry, store
+from shared.db import fleet, model_registry
 from shared.db.session import read_scope
 from shared.errors import Unavailable
 from shared.routing import predict_queue
@@ -319,9 +319,9 @@ class Batcher:
 
 def _served_queues() -> set[str]:
     with read_scope() as s:
-        return registry.served_queues(s, get_settings().worker_offline_after_seconds)
+        return fleet.served_queues(s, get_settings().worker_offline_after_seconds)
 
 
 def _batching_of(model: str) -> BatchingIn:
     with read_scope() as s:
-        return store.model_batching(s, model)
+        return model_registry.model_batching(s, model)

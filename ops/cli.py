@@ -151,12 +151,12 @@ def keys() -> None:
 )
 def keys_create(name: str, scopes: str) -> None:
     """Create a key; it is printed once and never stored."""
-    from shared.db import keys as store
+    from shared.db import keys as api_keys
     from shared.db.session import session_scope
 
     try:
         with session_scope() as s:
-            made, key = store.create_key(s, name, [x.strip() for x in scopes.split(",")])
+            made, key = api_keys.create_key(s, name, [x.strip() for x in scopes.split(",")])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scopes") from None
     click.echo(f"key {made.id} ({made.name}): {', '.join(made.scopes)}", err=True)
@@ -165,11 +165,11 @@ def keys_create(name: str, scopes: str) -> None:
 
 @keys.command("list")
 def keys_list() -> None:
-    from shared.db import keys as store
+    from shared.db import keys as api_keys
     from shared.db.session import session_scope
 
     with session_scope() as s:
-        rows = store.list_keys(s)
+        rows = api_keys.list_keys(s)
     click.echo(f"{'ID':12}  {'NAME':24}  {'STATE':8}  SCOPES")
     for k in rows:
         state = "revoked" if k.revoked_at else "active"
@@ -180,13 +180,13 @@ def keys_list() -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key: it stops working at once."""
-    from shared.db import keys as store
+    from shared.db import keys as api_keys
     from shared.db.session import session_scope
     from shared.errors import NotFound
 
     try:
         with session_scope() as s:
-            store.revoke_key(s, key_id)
+            api_keys.revoke_key(s, key_id)
     except NotFound as exc:
         raise click.ClickException(exc.detail) from None
     click.echo(f"key {key_id} revoked")

@@ -42,7 +42,7 @@ def _env(home: Path) -> subprocess.Popen[bytes]:
 
 
 def _submit(family: str, dataset: str, training: dict[str, Any]) -> str:
-    from shared.db import store
+    from shared.db import jobs
     from shared.db.session import session_scope
     from shared.enqueue import send_job
     from shared.jobstate import JobKind
@@ -60,7 +60,7 @@ def _submit(family: str, dataset: str, training: dict[str, Any]) -> str:
     )
     spec = resolve_train(req)
     with session_scope() as s:
-        job = store.create_job(
+        job = jobs.create_job(
             s,
             kind=JobKind.train,
             model_name=spec.model_name,
@@ -72,13 +72,13 @@ def _submit(family: str, dataset: str, training: dict[str, Any]) -> str:
 
 
 def _wait(job_id: str, timeout: float = 1800) -> Any:
-    from shared.db import store
+    from shared.db import jobs
     from shared.db.session import session_scope
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with session_scope() as s:
-            job = store.get_job(s, job_id)
+            job = jobs.get_job(s, job_id)
         if job.state.is_terminal():
             return job
         time.sleep(0.5)

@@ -26,7 +26,7 @@ import redis
 
 from shared.config import get_settings
 from shared.constants import JOBS_HEADER, QUEUE_PREDICT, QUEUE_TRAIN
-from shared.db import lifecycle
+from shared.db import jobs, locks
 from shared.db.session import session_scope
 from shared.enqueue import send_job
 from shared.errors import Unavailable
@@ -92,12 +92,12 @@ class Reaper:
         s = self.settings
         done: Counter[str] = Counter()
         with session_scope() as db:
-            if not lifecycle.acquire_lock(db, LOCK, self.name, 3 * s.reaper_interval_seconds):
+            if not locks.acquire_lock(db, LOCK, self.name, 3 * s.reaper_interval_seconds):
                 return done
-            expired = lifecycle.expired_leases(db, s.lease_seconds)
+            expired = jobs.expired_leases(db, s.lease_seconds)
         for job in expired:
             with session_scope() as db:
-                action = lifecycle.reap(db, job, s.lease_seconds)
+                action = jobs.reap(db, job, s.lease_seconds)
             done[action] += 1
             if action == "requeued":
                 self._send(job)
@@ -108,7 +108,7 @@ class Reaper:
 
     def _resend_lost(self) -> int:
         with session_scope() as db:
-            stale = lifecycle.stale_queued(db, self.settings.resend_after_seconds)
+            stale = jobs.stale_queued(db, self.settings.resend_after_seconds)
         if not stale:
             return 0
         try:
@@ -127,7 +127,7 @@ class Reaper:
                 message = "sent again: the broker held no message for it"
                 resent += 1
             with session_scope() as db:
-                lifecycle.mark_sent(db, job.id, message)
+                jobs.mark_sent(db, job.id, message)
         return resent
 
     def run(self, stop: threading.Event) -> None:
@@ -146,4 +146,4 @@ class Reaper:
                 log.exception("reaper pass failed; trying again")
             stop.wait(self.settings.reaper_interval_seconds)
         with session_scope() as db:
-            lifecycle.release_lock(db, LOCK, self.name)
+            locks.release_lock(db, LOCK, self.name)

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
     reaper_interval_seconds: float = 5.0
-    # Workers renew their registry row this often; one not seen for a while is offline.
+    # Workers renew their row in the table of workers this often; one not seen for a while
+    # is offline.
     worker_heartbeat_seconds: float = 5.0
     worker_offline_after_seconds: float = 20.0
     # A job still queued this long after it was sent, whose message the broker no longer

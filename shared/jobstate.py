@@ -1,10 +1,17 @@
-"""The job state machine: the states, the transitions allowed between them, and the one
-function that moves a job from one state to another. Nothing else writes a job's state.
+"""The job state machine as data: the states, how a job is born, and the transitions
+allowed between states. ``shared.db.jobs`` applies them, each as one conditional UPDATE;
+nothing else writes a job.
 
-    queued ──claim──▶ running ──▶ succeeded | failed
-      │      ◀─requeue─┘ │ (lease expired, or its worker shut down: a retry)
-      │                  └──cancel──▶ cancelling ──▶ cancelled | succeeded | failed
-      └──cancel──▶ cancelled
+    (born) ──▶ queued ──claim──▶ running ──▶ succeeded | failed
+                 │      ◀─requeue─┘ │ (lease expired, or its worker shut down: a retry)
+                 │                  └──cancel──▶ cancelling ──▶ cancelled | succeeded | failed
+                 ├──cancel──▶ cancelled
+                 └──served──▶ succeeded | failed   (a sync prediction's record, only)
+    (served) ──▶ succeeded | failed
+
+A sync prediction runs before it is recorded: its worker's record is born ended. When
+its caller stopped waiting first, the API recorded it queued, and the worker's record
+ends it through the served edge, which no other write may take.
 """
 
 from __future__ import annotations
@@ -12,10 +19,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 
 class JobKind(enum.StrEnum):
@@ -64,43 +67,15 @@ ALLOWED_FROM: Mapping[JobState, frozenset[JobState]] = {
 }
 
 
+# How a job is born: queued, but for a sync prediction's record, born ended.
+BORN_AS = frozenset({JobState.queued})
+SERVED_BORN_AS = frozenset({JobState.succeeded, JobState.failed})
+# The served edge: to-state -> the states a served record may end.
+SERVED_FROM: Mapping[JobState, frozenset[JobState]] = {
+    JobState.succeeded: frozenset({JobState.queued}),
+    JobState.failed: frozenset({JobState.queued}),
+}
+
+
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def transition(
-    session: Session,
-    job_id: str,
-    to: JobState,
-    *,
-    only_from: frozenset[JobState] | None = None,
-    where: tuple[Any, ...] = (),
-    **values: Any,
-) -> bool:
-    """Move a job to ``to`` with one conditional UPDATE; return whether it moved.
-
-    The UPDATE applies only while the job is in a state that allows the transition
-    (narrowed further by ``only_from``), so two processes racing for the same job cannot
-    both win: a duplicated message, a late cancel or a second worker finds nothing to do.
-    ``where`` adds conditions (a lease that expired, a worker that still owns the job);
-    ``values`` are other columns written in the same statement. The caller commits.
-    """
-    from shared.db.models import Job  # the ORM model imports this module's enums
-
-    sources = ALLOWED_FROM[to] if only_from is None else ALLOWED_FROM[to] & only_from
-    if not sources:
-        raise ValueError(f"no transition to {to.value} from {sorted(only_from or ())}")
-    stamp = now()
-    values.setdefault("updated_at", stamp)
-    if to is JobState.running:
-        values.setdefault("started_at", stamp)
-    if to.is_terminal():
-        values.setdefault("finished_at", stamp)
-    stmt = (
-        sa.update(Job)
-        .where(Job.id == job_id, Job.state.in_(sorted(sources)), *where)
-        .values(state=to, **values)
-        .execution_options(synchronize_session=False)
-    )
-    result = session.execute(stmt)
-    return bool(getattr(result, "rowcount", 0) == 1)

@@ -1,5 +1,5 @@
 """Pinned workers as separate processes, on fake GPUs: what each sees and serves, routing
-by resources and pools, priorities, the worker registry, and what jobs cost."""
+by resources and pools, priorities, the table of workers, and what jobs cost."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 
 from api.serving import SERVED_TTL_SECONDS
 from shared.artifacts import open_store
-from shared.db import store
+from shared.db import jobs, model_registry
 from shared.db.session import session_scope
 from shared.jobstate import JobKind
 from shared.processes import stop as stop_process
@@ -39,12 +39,12 @@ def register(name: str, family: str = "mlp", seed: int = 0, epochs: int = 3, **p
     spec = resolve_train(TrainRequest.model_validate(body))
     trained = train(spec)
     with session_scope() as s:
-        job = store.create_job(
+        job = jobs.create_job(
             s, kind=JobKind.train, model_name=name, spec=spec.model_dump(mode="json"), queue="t"
         )
     saved = modelio.save(trained, open_store(), f"models/{name}/{job.id}")
     with session_scope() as s:
-        version = store.register_model_version(
+        version = model_registry.register_model_version(
             s, model_name=name, family=family, params=spec.params,
             input_schema=trained.input_schema, metrics=trained.metrics,
             artifact_uri=saved.uri, sha256=saved.sha256, job_id=job.id,

@@ -13,7 +13,7 @@ import pytest
 
 from shared.artifacts import open_store, sha256_hex
 from shared.config import get_settings
-from shared.db import store
+from shared.db import jobs, model_registry
 from shared.db.session import session_scope
 from shared.jobstate import JobKind
 from tests.helpers import unique
@@ -34,7 +34,7 @@ Breakage = Callable[[Path, Path, str], str]
 def register(name: str, trained: Trained, breakage: Breakage | None, marker: Path) -> str:
     """Save ``trained`` in the session's store, change its files, and register it."""
     with session_scope() as s:
-        job = store.create_job(
+        job = jobs.create_job(
             s, kind=JobKind.train, model_name=name, spec=trained.spec.model_dump(mode="json"),
             queue="t",
         )  # fmt: skip
@@ -43,7 +43,7 @@ def register(name: str, trained: Trained, breakage: Breakage | None, marker: Pat
     directory = Path(get_settings().artifacts_location) / prefix
     sha256 = breakage(directory, marker, saved.sha256) if breakage else saved.sha256
     with session_scope() as s:
-        store.register_model_version(
+        model_registry.register_model_version(
             s, model_name=name, family="text_lstm", params=trained.spec.params,
             input_schema=trained.input_schema, metrics={}, artifact_uri=saved.uri,
             sha256=sha256, job_id=job.id,
@@ -96,7 +96,7 @@ def good(trained: Trained) -> tuple[str, list[Any]]:
     name = unique("readable")
     uri = register(name, trained, None, Path("/nonexistent"))
     with session_scope() as s:
-        sha256 = store.get_model_version(s, name, "latest").sha256
+        sha256 = model_registry.get_model_version(s, name, "latest").sha256
     labels = [o["label"] for o in modelio.load(open_store(), uri, sha256).predict(TEXTS)]
     return name, labels
 

@@ -26,11 +26,11 @@ from sqlalchemy.orm import Session
 from shared import notify
 from shared.artifacts import open_store
 from shared.config import get_settings
-from shared.db import store
+from shared.db import jobs, model_registry
 from shared.db.session import UNREACHABLE, session_scope
 from shared.enqueue import send_job
 from shared.errors import JobError, Unavailable
-from shared.jobstate import JobEventKind, JobState
+from shared.jobstate import JobState
 from shared.schemas import JobOut, PredictSpec, Tensor, TrainSpec, input_rows
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Lease:
         while not self._done.wait(self.interval):
             try:
                 with session_scope() as s:
-                    state = store.renew_lease(s, self.job_id, self.worker)
+                    state = jobs.renew_lease(s, self.job_id, self.worker)
             except UNREACHABLE as exc:
                 log.warning("could not renew the lease of job %s: %s", self.job_id, exc)
                 continue
@@ -115,7 +115,7 @@ class Lease:
         there is nothing left to renew, and nothing to warn about."""
         try:
             with session_scope() as s:
-                job = store.get_job(s, self.job_id)
+                job = jobs.get_job(s, self.job_id)
         except UNREACHABLE:
             return False
         return job.state.is_terminal() and job.worker == self.worker
@@ -127,7 +127,7 @@ class Lease:
 def _claim(job_id: str, worker: str) -> JobOut | None:
     try:
         with session_scope() as s:
-            job = store.claim_job(s, job_id, worker, get_settings().lease_seconds)
+            job = jobs.claim_job(s, job_id, worker, get_settings().lease_seconds)
     except UNREACHABLE as exc:
         raise Transient(f"the database cannot be reached: {exc}") from exc
     if job is None:
@@ -180,16 +180,16 @@ def _first_line(exc: BaseException) -> str:
 def _ended_as(session: Session, job_id: str, worker: str, state: JobState) -> bool:
     """Whether the job already ended in ``state`` as this worker's: an earlier try whose
     commit reached the database although its answer never came back."""
-    job = store.get_job(session, job_id)
+    job = jobs.get_job(session, job_id)
     return job.state is state and job.worker == worker
 
 
 def _finish(job_id: str, worker: str, lease: Lease, state: JobState, **outcome: Any) -> bool:
-    """End a job as ``state`` with ``outcome`` (``store.finish_job``'s values), through
+    """End a job as ``state`` with ``outcome`` (``jobs.finish_job``'s values), through
     ``_record``; tell whoever waits for it."""
 
     def write(s: Session) -> bool:
-        return store.finish_job(s, job_id, state, worker=worker, **outcome) or _ended_as(
+        return jobs.finish_job(s, job_id, state, worker=worker, **outcome) or _ended_as(
             s, job_id, worker, state
         )
 
@@ -213,7 +213,7 @@ def _give_back(job: JobOut, worker: str, reason: str) -> None:
     again; if even that fails, the lease expires and the reaper takes it back."""
     try:
         with session_scope() as s:
-            moved = store.requeue(s, job.id, reason=reason, worker=worker, charge_attempt=False)
+            moved = jobs.requeue(s, job.id, reason=reason, worker=worker, charge_attempt=False)
         if moved:
             send_job(job)
             log.info("job %s requeued: %s", job.id, reason)
@@ -239,7 +239,7 @@ def _progress_writer(job_id: str, worker: str, epochs: int) -> Callable[[dict[st
         }
         try:
             with session_scope() as s:
-                store.set_progress(s, job_id, worker, progress)
+                jobs.set_progress(s, job_id, worker, progress)
         except UNREACHABLE as exc:  # progress is best effort; the outcome is not
             log.warning("could not write the progress of job %s: %s", job_id, exc)
         _tell_flower(progress)
@@ -271,10 +271,8 @@ def _tell_flower(progress: dict[str, Any]) -> None:
 
 def _resumed(job_id: str, worker: str) -> Callable[[int], None]:
     def note(epoch: int) -> None:
-        message = f"resumed from epoch {epoch}"
         with session_scope() as s:
-            store.add_event(s, job_id, JobEventKind.resumed, message, worker)
-            store.set_message(s, job_id, message)
+            jobs.note_resumed(s, job_id, worker, epoch)
 
     return note
 
@@ -370,7 +368,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
 
     def register(s: Session) -> bool:
         """The version and the job's success in one transaction: both or neither."""
-        version = store.register_model_version(
+        version = model_registry.register_model_version(
             s,
             model_name=spec.model_name,
             family=spec.family,
@@ -383,7 +381,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
             usage=usage,
         )
         result["model_version"] = version.version
-        if store.finish_job(
+        if jobs.finish_job(
             s,
             job.id,
             JobState.succeeded,
@@ -426,7 +424,7 @@ def _predict(job: JobOut, worker: str, lease: Lease) -> None:
     meter = Meter(torch_device())
     spec = PredictSpec.model_validate(job.spec)
     with session_scope() as s:
-        version = store.get_model_version(s, spec.model_name, spec.version)
+        version = model_registry.get_model_version(s, spec.model_name, spec.version)
     inputs = spec.inputs.model_dump() if isinstance(spec.inputs, Tensor) else spec.inputs
     outputs = inference.predict(version, inputs, spec.outputs)
     result = {"model_name": spec.model_name, "model_version": spec.version, "outputs": outputs}

@@ -26,7 +26,7 @@ def _versions() -> dict[str, str]:
 
 
 class Registration:
-    """The worker's row in the registry, renewed from a thread of the parent process."""
+    """The worker's row in the table of workers, renewed from a thread of the parent process."""
 
     def __init__(self, name: str, pool: str, queues: list[str], devices: list[Any]) -> None:
         self.fields = {
@@ -39,37 +39,37 @@ class Registration:
             "pid": os.getpid(),
         }
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
 
     def __enter__(self) -> Registration:
-        from shared.db import registry
+        from shared.db import fleet
         from shared.db.session import session_scope
 
         with session_scope() as s:
-            registry.register(s, **self.fields)
+            fleet.register(s, **self.fields)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         from shared.config import get_settings
-        from shared.db import registry
+        from shared.db import fleet
         from shared.db.session import session_scope
 
         while not self._done.wait(get_settings().worker_heartbeat_seconds):
             try:
                 with session_scope() as s:
-                    registry.seen(s, str(self.fields["name"]))
+                    fleet.seen(s, str(self.fields["name"]))
             except Exception as exc:  # a database blip: try again next beat
                 log.warning("could not renew the worker's registration: %s", exc)
 
     def __exit__(self, *_: object) -> None:
-        from shared.db import registry
+        from shared.db import fleet
         from shared.db.session import session_scope
 
         self._done.set()
         self._thread.join(5)
         try:
             with session_scope() as s:
-                registry.stopped(s, str(self.fields["name"]))
+                fleet.stopped(s, str(self.fields["name"]))
         except Exception as exc:
             log.warning("could not mark the worker stopped: %s", exc)

@@ -26,7 +26,7 @@ import torch
 
 from shared import notify
 from shared.config import get_settings
-from shared.db import store
+from shared.db import jobs, model_registry
 from shared.db.session import UNREACHABLE, read_scope, session_scope
 from shared.errors import BadData, InvalidSpec, JobError, TorchqueueError, Unavailable
 from shared.jobstate import JobState, now
@@ -130,10 +130,10 @@ def _resolve(model: str, version: int | str) -> ModelVersionOut:
     try:
         with read_scope() as s:
             if version == "latest":  # one indexed lookup; the version's row is kept
-                version = store.latest_version(s, model) or "latest"
+                version = model_registry.latest_version(s, model) or "latest"
             if isinstance(version, int) and (model, version) in _versions:
                 return _versions[(model, version)]
-            found = store.get_model_version(s, model, version)
+            found = model_registry.get_model_version(s, model, version)
     except UNREACHABLE as exc:
         raise Unavailable(f"the database cannot be reached: {exc}") from None
     if len(_versions) > 1000:
@@ -233,7 +233,7 @@ class ResultWriter:
             chunk = records[start : start + self.flush_rows]
             try:
                 with session_scope() as s:
-                    store.record_predictions(s, chunk)
+                    jobs.record_served(s, chunk)
             except UNREACHABLE:
                 raise
             except Exception:  # a record the database refuses must not hold up the rest
@@ -243,7 +243,7 @@ class ResultWriter:
         for record in records:
             try:
                 with session_scope() as s:
-                    store.record_predictions(s, [record])
+                    jobs.record_served(s, [record])
             except UNREACHABLE:
                 raise
             except Exception:

@@ -15,7 +15,7 @@ from api.auth import JobsRead, JobsSubmit, PredictSubmit, TrainSubmit, visible
 from api.deps import SessionDep
 from shared.auth import Principal
 from shared.config import get_settings
-from shared.db import registry, store
+from shared.db import fleet, jobs, model_registry
 from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, InvalidSpec, Unavailable
@@ -60,7 +60,7 @@ def _request_hash(kind: JobKind, body: dict[str, Any]) -> str:
 
 
 def _existing(session: Session, key: str, request_hash: str) -> JobOut | None:
-    found = store.find_idempotent(session, key)
+    found = jobs.find_idempotent(session, key)
     if found is None:
         return None
     job, made_with = found
@@ -82,12 +82,12 @@ def _submit(
         key = hashlib.sha256(f"{who.key_id}:{key}".encode()).hexdigest()
     create["submitted_by"] = who.key_id
     offline_after = get_settings().worker_offline_after_seconds
-    if create["queue"] not in registry.served_queues(session, offline_after):
+    if create["queue"] not in fleet.served_queues(session, offline_after):
         create["message"] = f"waiting on queue {create['queue']}: no online worker serves it"
     if key is not None and (job := _existing(session, key, request_hash)) is not None:
         return job, False
     try:
-        job = store.create_job(
+        job = jobs.create_job(
             session, idempotency_key=key, request_hash=request_hash if key else None, **create
         )
         session.commit()
@@ -101,7 +101,7 @@ def _submit(
     except Unavailable as exc:
         # The job is recorded; the reaper sends it once the broker answers again.
         message = f"waiting to be sent: {exc.detail}"
-        store.set_message(session, job.id, message)
+        jobs.set_message(session, job.id, message)
         session.commit()
         job = job.model_copy(update={"message": message})
     return job, True
@@ -138,7 +138,7 @@ def submit_train(
 
 def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tuple[JobOut, bool]:
     with session_scope() as s:
-        version = store.get_model_version(s, req.model_name, req.version)
+        version = model_registry.get_model_version(s, req.model_name, req.version)
         check_inputs(req.inputs, version.input_schema)
         spec = PredictSpec(
             model_name=req.model_name,
@@ -163,7 +163,7 @@ def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tup
 
 def _read(job_id: str) -> JobOut:
     with read_scope() as s:
-        return store.get_job(s, job_id)
+        return jobs.get_job(s, job_id)
 
 
 @router.post(
@@ -200,22 +200,22 @@ async def submit_predict(
 
 @router.get("/{job_id}", responses=ERRORS)
 def get_job(job_id: str, session: SessionDep, who: JobsRead) -> JobOut:
-    return visible(store.get_job(session, job_id), who)
+    return visible(jobs.get_job(session, job_id), who)
 
 
 @router.post("/{job_id}/cancel", responses=ERRORS)
 def cancel_job(job_id: str, session: SessionDep, who: JobsSubmit) -> JobOut:
     """A queued job is cancelled at once; a running one becomes ``cancelling`` and its
     worker stops it within a batch. Cancelling a finished job is 409."""
-    visible(store.get_job(session, job_id), who)
-    return store.request_cancel(session, job_id, by=who.key_id)
+    visible(jobs.get_job(session, job_id), who)
+    return jobs.request_cancel(session, job_id, by=who.key_id)
 
 
 @router.get("/{job_id}/events", responses=ERRORS)
 def job_events(job_id: str, session: SessionDep, who: JobsRead) -> list[JobEventOut]:
     """The job's history: queued, claimed, resumed, lease expired, cancelled, finished."""
-    visible(store.get_job(session, job_id), who)
-    return store.list_events(session, job_id)
+    visible(jobs.get_job(session, job_id), who)
+    return jobs.list_events(session, job_id)
 
 
 @router.get("", responses=ERRORS)
@@ -229,7 +229,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Newest first; a key lists its own jobs, admin all."""
-    return store.list_jobs(
+    return jobs.list_jobs(
         session,
         state=state,
         kind=kind,

@@ -10,7 +10,7 @@ from pydantic import Field
 from api.auth import require
 from api.deps import SessionDep
 from shared.datasets import BUILTIN_DATASETS
-from shared.db import store
+from shared.db import model_registry
 from shared.families import FAMILIES
 from shared.schemas import (
     MAX_OFFSET,
@@ -39,13 +39,13 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ModelPage:
-    return store.list_models(session, limit=limit, offset=offset)
+    return model_registry.list_models(session, limit=limit, offset=offset)
 
 
 @router.get("/models/{name}")
 def get_model(name: str, session: SessionDep) -> ModelOut:
     """A model with all its versions."""
-    return store.get_model(session, name)
+    return model_registry.get_model(session, name)
 
 
 @router.patch("/models/{name}", dependencies=[Depends(require("models:write"))])
@@ -55,7 +55,7 @@ def set_batching(
     """Set the model's own batching of sync predictions (``max_batch_size`` rows,
     ``max_wait_ms``); null returns a setting to the global default. Applies from the
     next batch."""
-    model = store.set_batching(session, name, batching)
+    model = model_registry.set_batching(session, name, batching)
     request.app.state.batcher.forget_limits(name)
     return model
 
@@ -69,7 +69,7 @@ def get_model_version(
     ],
     session: SessionDep,
 ) -> ModelVersionOut:
-    return store.get_model_version(session, name, version)
+    return model_registry.get_model_version(session, name, version)
 
 
 @router.get("/families")

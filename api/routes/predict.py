@@ -13,7 +13,7 @@ from pydantic import Field
 from api.auth import PredictSubmit
 from api.serving import Batcher, Outcome
 from shared.config import get_settings
-from shared.db import store
+from shared.db import jobs, model_registry
 from shared.db.session import session_scope
 from shared.errors import InvalidSpec
 from shared.jobstate import JobState, now
@@ -92,8 +92,8 @@ def _record_waiting(
     caller can poll it (its worker finishes it when it runs). Inputs the version cannot
     take are refused here as the worker would refuse them."""
     with session_scope() as s:
-        target = store.get_model_version(s, name, version)
+        target = model_registry.get_model_version(s, name, version)
         check_inputs(inputs, target.input_schema)
         batch = Batch(name, target.version, predict_queue(pool), "", [item])
         record = job_record(batch, item, JobState.queued, stamp=now(), message=why)
-        return store.record_waiting(s, record)
+        return jobs.record_waiting(s, record)

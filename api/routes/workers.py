@@ -1,4 +1,4 @@
-"""The worker registry: every worker, what it serves and runs, and whether it is online."""
+"""The table of workers: every worker, what it serves and runs, and whether it is online."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends
 from api.auth import require
 from api.deps import SessionDep
 from shared.config import get_settings
-from shared.db import registry
+from shared.db import fleet
 from shared.schemas import ErrorOut, WorkerOut
 
 router = APIRouter(
@@ -22,7 +22,7 @@ router = APIRouter(
 def list_workers(session: SessionDep) -> list[WorkerOut]:
     """Name, host, pool, queues, devices, versions, last seen, state and current job."""
     settings = get_settings()
-    workers: list[WorkerOut] = registry.list_workers(
+    workers: list[WorkerOut] = fleet.list_workers(
         session, settings.worker_offline_after_seconds, settings.lease_seconds
     )
     return workers

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from api.app import create_app
 from shared.config import get_settings
-from shared.db import store
+from shared.db import jobs, model_registry
 from shared.db.models import Job, RegisteredModel
 from shared.db.session import session_scope
 from shared.jobstate import JobKind
@@ -120,10 +120,10 @@ def _model() -> str:
     """A model with one version (its artifact is never read by these tests)."""
     name = unique("committed")
     with session_scope() as s:
-        job = store.create_job(
+        job = jobs.create_job(
             s, kind=JobKind.train, model_name=name, spec={}, queue="train.default.d1.m0"
         )
-        store.register_model_version(
+        model_registry.register_model_version(
             s, model_name=name, family="mlp", params={}, input_schema=FEATURES, metrics={},
             artifact_uri="file:///nowhere", sha256="0" * 64, job_id=job.id,
         )  # fmt: skip
@@ -132,7 +132,7 @@ def _model() -> str:
 
 def _queued_job() -> str:
     with session_scope() as s:
-        job = store.create_job(
+        job = jobs.create_job(
             s, kind=JobKind.train, model_name=unique("cancel"), spec={}, queue="train.none"
         )
     return job.id

@@ -1,20 +1,22 @@
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
-from shared.db import store
+from shared.db import jobs
+from shared.db.jobs import transition
 from shared.db.session import session_scope
-from shared.jobstate import ALLOWED_FROM, TERMINAL, JobKind, JobState, transition
+from shared.jobstate import ALLOWED_FROM, TERMINAL, JobKind, JobState, now
+from shared.serving import Batch, Item, job_record
 from tests.helpers import unique
 
 
 def _new_job() -> str:
     with session_scope() as s:
-        job = store.create_job(
-            s, kind=JobKind.train, model_name=unique("m"), spec={}, queue="train"
-        )
+        job = jobs.create_job(s, kind=JobKind.train, model_name=unique("m"), spec={}, queue="train")
     return job.id
 
 
@@ -23,13 +25,13 @@ def test_a_queued_job_is_claimed_once_however_many_workers_race() -> None:
 
     def claim(i: int) -> bool:
         with session_scope() as s:
-            return store.claim_job(s, job_id, f"w{i}@host", 30) is not None
+            return jobs.claim_job(s, job_id, f"w{i}@host", 30) is not None
 
     with ThreadPoolExecutor(8) as pool:
         wins = list(pool.map(claim, range(8)))
     assert wins.count(True) == 1
     with session_scope() as s:
-        job = store.get_job(s, job_id)
+        job = jobs.get_job(s, job_id)
     assert job.state is JobState.running
     assert job.attempts == 1
     assert job.started_at is not None and job.started_at.tzinfo is not None
@@ -38,13 +40,13 @@ def test_a_queued_job_is_claimed_once_however_many_workers_race() -> None:
 def test_a_finished_job_never_moves_again() -> None:
     job_id = _new_job()
     with session_scope() as s:
-        assert store.claim_job(s, job_id, "w@host", 30) is not None
-        assert store.finish_job(s, job_id, JobState.succeeded, result={"ok": True}, message="ok")
+        assert jobs.claim_job(s, job_id, "w@host", 30) is not None
+        assert jobs.finish_job(s, job_id, JobState.succeeded, result={"ok": True}, message="ok")
     for to in JobState:
         with session_scope() as s:
             assert not transition(s, job_id, to)
     with session_scope() as s:
-        job = store.get_job(s, job_id)
+        job = jobs.get_job(s, job_id)
     assert job.state is JobState.succeeded
     assert job.result == {"ok": True}
     assert job.finished_at is not None
@@ -53,8 +55,8 @@ def test_a_finished_job_never_moves_again() -> None:
 def test_a_queued_job_cannot_succeed_without_being_claimed() -> None:
     job_id = _new_job()
     with session_scope() as s:
-        assert not store.finish_job(s, job_id, JobState.succeeded, message="no")
-        assert store.get_job(s, job_id).state is JobState.queued
+        assert not jobs.finish_job(s, job_id, JobState.succeeded, message="no")
+        assert jobs.get_job(s, job_id).state is JobState.queued
 
 
 def test_terminal_states_have_no_way_out() -> None:
@@ -66,3 +68,67 @@ def test_terminal_states_have_no_way_out() -> None:
 def test_an_impossible_narrowing_is_refused() -> None:
     with session_scope() as s, pytest.raises(ValueError, match="no transition"):
         transition(s, "x", JobState.running, only_from=frozenset({JobState.failed}))
+
+
+def _served(state: JobState, job_id: str | None = None) -> dict[str, Any]:
+    item = Item(job_id or str(uuid.uuid4()), [[1.0]], "json", None, now().isoformat())
+    batch = Batch(unique("served"), 1, "predict.default", "", [item])
+    return job_record(batch, item, state, stamp=now(), message="served", worker="w@host",
+                      started=now(), result={"outputs": []})  # fmt: skip
+
+
+def _state(job_id: str) -> JobState:
+    with session_scope() as s:
+        return jobs.get_job(s, job_id).state
+
+
+def test_a_served_prediction_is_born_ended_or_ends_its_waiting_record() -> None:
+    born = _served(JobState.succeeded)
+    waiting = _served(JobState.queued)
+    with session_scope() as s:
+        assert jobs.record_waiting(s, waiting).state is JobState.queued
+        assert jobs.record_served(s, [born, {**waiting, **_ended(waiting)}]) == 2
+    assert _state(born["id"]) is JobState.succeeded
+    assert _state(waiting["id"]) is JobState.succeeded
+    with session_scope() as s:
+        kinds = [e.kind.value for e in jobs.list_events(s, waiting["id"])]
+    assert kinds == ["queued", "succeeded"]
+
+
+def _ended(record: dict[str, Any]) -> dict[str, Any]:
+    return {"state": JobState.succeeded, "attempts": 1, "finished_at": now()}
+
+
+def test_a_served_record_leaves_a_job_that_moved_otherwise_alone() -> None:
+    """A waiting prediction sent again as a job and claimed, or cancelled, is not the
+    served record's to end."""
+    claimed, cancelled = _served(JobState.queued), _served(JobState.queued)
+    with session_scope() as s:
+        jobs.record_waiting(s, claimed)
+        jobs.record_waiting(s, cancelled)
+        assert jobs.claim_job(s, claimed["id"], "other@host", 30) is not None
+        jobs.request_cancel(s, cancelled["id"])
+        late = [{**r, **_ended(r)} for r in (claimed, cancelled)]
+        assert jobs.record_served(s, late) == 0
+    assert _state(claimed["id"]) is JobState.running
+    assert _state(cancelled["id"]) is JobState.cancelled
+
+
+def test_the_served_edge_is_the_served_records_alone() -> None:
+    with session_scope() as s:
+        with pytest.raises(ValueError, match="born"):
+            jobs.record_served(s, [_served(JobState.queued)])
+        with pytest.raises(ValueError, match="born queued"):
+            jobs.record_waiting(s, _served(JobState.succeeded))
+    job_id = _new_job()
+    with session_scope() as s:
+        assert not jobs.finish_job(s, job_id, JobState.succeeded, message="no")
+        assert jobs.transition(s, job_id, JobState.succeeded, served=True)
+
+
+def test_a_message_never_changes_an_ended_job() -> None:
+    job_id = _new_job()
+    with session_scope() as s:
+        jobs.request_cancel(s, job_id)
+        jobs.set_message(s, job_id, "later")
+        assert jobs.get_job(s, job_id).message == "cancelled before it started"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.config import get_settings
-from shared.db import store
+from shared.db import jobs
 from shared.db.session import session_scope
 from shared.errors import NotFound
 from shared.jobstate import JobState, now
@@ -31,7 +31,7 @@ def _records(n: int) -> list[dict[str, Any]]:
 def _recorded(job_id: str) -> bool:
     try:
         with session_scope() as s:
-            return store.get_job(s, job_id).state is JobState.succeeded
+            return jobs.get_job(s, job_id).state is JobState.succeeded
     except NotFound:
         return False
 

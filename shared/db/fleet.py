@@ -1,4 +1,4 @@
-"""The worker registry: each worker registers itself and renews ``last_seen_at``; one not
+"""The table of workers: each worker registers itself and renews ``last_seen_at``; one not
 seen for a while is offline. What a worker runs now is read from the jobs it holds."""
 
 from __future__ import annotations
@@ -51,17 +51,16 @@ def list_workers(
     ).all()
     out = []
     for row in session.scalars(sa.select(Worker).order_by(Worker.name)):
-        worker = WorkerOut.model_validate(row, from_attributes=True)
-        if row.stopped_at is not None:
-            worker.state = "stopped"
-        elif row.last_seen_at < cutoff:
-            worker.state = "offline"
+        state = "stopped" if row.stopped_at is not None else "online"
+        if state == "online" and row.last_seen_at < cutoff:
+            state = "offline"
         # A job's lease owner is "<node name>:<pid>".
-        worker.current_job = next(
+        current = next(
             (job_id for job_id, owner in running if (owner or "").startswith(f"{row.name}:")),
             None,
         )
-        out.append(worker)
+        worker = WorkerOut.model_validate(row, from_attributes=True)
+        out.append(worker.model_copy(update={"state": state, "current_job": current}))
     return out
 
 

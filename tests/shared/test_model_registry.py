@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shared.db import store
+from shared.db import jobs, model_registry
 from shared.db.session import session_scope
 from shared.errors import NotFound
 from shared.jobstate import JobKind
@@ -13,9 +13,9 @@ from tests.helpers import unique
 
 def _register(name: str) -> int:
     with session_scope() as s:
-        job = store.create_job(s, kind=JobKind.train, model_name=name, spec={}, queue="train")
+        job = jobs.create_job(s, kind=JobKind.train, model_name=name, spec={}, queue="train")
     with session_scope() as s:
-        version = store.register_model_version(
+        version = model_registry.register_model_version(
             s,
             model_name=name,
             family="mlp",
@@ -34,9 +34,9 @@ def test_versions_count_up_per_name() -> None:
     assert [_register(a) for _ in range(3)] == [1, 2, 3]
     assert _register(b) == 1
     with session_scope() as s:
-        assert store.get_model_version(s, a, "latest").version == 3
-        assert store.get_model_version(s, a, 2).version == 2
-        model = store.get_model(s, a)
+        assert model_registry.get_model_version(s, a, "latest").version == 3
+        assert model_registry.get_model_version(s, a, 2).version == 2
+        model = model_registry.get_model(s, a)
     assert model.latest_version == 3
     assert [v.version for v in model.versions or []] == [1, 2, 3]
 
@@ -53,10 +53,10 @@ def test_unknown_models_and_versions_are_not_found() -> None:
     _register(name)
     with session_scope() as s:
         with pytest.raises(NotFound) as missing_model:
-            store.get_model_version(s, unique("nope"), "latest")
+            model_registry.get_model_version(s, unique("nope"), "latest")
         assert missing_model.value.field == "model_name"
         with pytest.raises(NotFound) as missing_version:
-            store.get_model_version(s, name, 7)
+            model_registry.get_model_version(s, name, 7)
         assert missing_version.value.field == "version"
         with pytest.raises(NotFound):
-            store.get_job(s, "no-such-job")
+            jobs.get_job(s, "no-such-job")
