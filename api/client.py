@@ -22,8 +22,8 @@ from urllib.parse import quote
 import httpx
 
 from shared.config import get_settings
+from shared.jobstate import TERMINAL
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 Json = dict[str, Any]
 
 

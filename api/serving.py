@@ -35,7 +35,7 @@ from shared.constants import REPLY_CHANNEL
 from shared.db import fleet, model_registry
 from shared.db.session import read_scope
 from shared.errors import Unavailable
-from shared.routing import predict_queue
+from shared.routing import predict_queue, waiting_reason
 from shared.schemas import BatchingIn
 from shared.serving import Batch, Item, decode_reply, send_batch
 
@@ -293,10 +293,11 @@ class Batcher:
         except Unavailable as exc:
             self._queued(ready, f"waiting to be sent: {exc.detail}")
             return
-        if queue_name not in (await self._served.get() or ()) and queue_name not in (
-            await self._served.get(within=0.5) or ()  # not served: make sure
-        ):
-            self._queued(ready, f"waiting on queue {queue_name}: no online worker serves it")
+        if waiting_reason(queue_name, await self._served.get() or ()) is None:
+            return
+        why = waiting_reason(queue_name, await self._served.get(within=0.5) or ())  # make sure
+        if why is not None:
+            self._queued(ready, why)
 
     def _queued(self, ready: list[_Request], why: str) -> None:
         for request in ready:

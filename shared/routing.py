@@ -9,6 +9,8 @@ for. Predictions go to ``predict.<pool>``: they never wait behind training.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
 from shared.errors import InvalidSpec
 
@@ -50,6 +52,14 @@ def worker_queues(
     if QUEUE_PREDICT in kinds:
         queues.append(predict_queue(pool))
     return queues
+
+
+def waiting_reason(queue: str, served: Collection[str]) -> str | None:
+    """Why a job sent to ``queue`` waits, when no online worker serves it (``served``: the
+    queues online workers consume); None when one does."""
+    if queue in served:
+        return None
+    return f"waiting on queue {queue}: no online worker serves it"
 
 
 def broker_priority(priority: int) -> int:

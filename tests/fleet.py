@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,8 @@ import redis
 from api.client import Client
 from ops import embedded_redis
 from shared import processes
+from shared.jobstate import TERMINAL
 from tests.helpers import (
-    TERMINAL,
     fresh_database,
     reset_caches,
     start_process,
@@ -95,7 +95,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
 def wait(
     client: Any,
     job_id: str,
-    until: tuple[str, ...] = TERMINAL,
+    until: Collection[str] = TERMINAL,
     timeout: float = 90,
     attempts: int = 0,
 ) -> Any:

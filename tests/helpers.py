@@ -10,7 +10,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,12 @@ from shared import processes
 from shared.celery_app import get_celery
 from shared.config import get_settings
 from shared.db.session import get_engine
+from shared.jobstate import TERMINAL
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = secrets.token_urlsafe(32)
 FLOWER_PASSWORD = secrets.token_urlsafe(18)
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def fresh_postgres(url: str) -> tuple[str, str]:
@@ -102,7 +102,7 @@ def wait_job(
     job_id: str,
     timeout: float = 120,
     *,
-    until: tuple[str, ...] = TERMINAL,
+    until: Collection[str] = TERMINAL,
     attempts: int = 0,
     poll: float = 0.1,
 ) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import redis
 
 from shared.config import get_settings
 from shared.enqueue import send_job
+from shared.jobstate import TERMINAL
 from shared.processes import free_port
 from shared.schemas import JobOut
 from tests.fleet import Fleet
@@ -25,7 +26,7 @@ from tests.fleet import events as _events
 from tests.fleet import wait as _wait
 from tests.fleet import wait_epoch as _wait_epoch
 from tests.fleet import waiting_messages as _waiting_messages
-from tests.helpers import AUTH, TERMINAL, reset_caches, unique
+from tests.helpers import AUTH, reset_caches, unique
 from tests.test_import_rules import serving
 
 pytestmark = pytest.mark.slow

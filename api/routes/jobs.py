@@ -21,7 +21,7 @@ from shared.enqueue import send_job
 from shared.errors import Conflict, InvalidSpec, Unavailable
 from shared.jobstate import JobKind, JobState
 from shared.notify import wait_until_done
-from shared.routing import predict_queue, train_queue
+from shared.routing import predict_queue, train_queue, waiting_reason
 from shared.schemas import (
     MAX_OFFSET,
     ErrorOut,
@@ -81,9 +81,9 @@ def _submit(
     if key is not None:  # fixed length, whatever the client sent
         key = hashlib.sha256(f"{who.key_id}:{key}".encode()).hexdigest()
     create["submitted_by"] = who.key_id
-    offline_after = get_settings().worker_offline_after_seconds
-    if create["queue"] not in fleet.served_queues(session, offline_after):
-        create["message"] = f"waiting on queue {create['queue']}: no online worker serves it"
+    served = fleet.served_queues(session, get_settings().worker_offline_after_seconds)
+    if (why := waiting_reason(create["queue"], served)) is not None:
+        create["message"] = why
     if key is not None and (job := _existing(session, key, request_hash)) is not None:
         return job, False
     try:

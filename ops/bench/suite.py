@@ -20,9 +20,10 @@ from typing import Any
 
 import httpx
 
-from api.client import TERMINAL, Client
+from api.client import Client
 from ops.bench import load, models
 from ops.bench.system import System
+from shared.jobstate import TERMINAL
 
 CALLERS = 64
 # Callers sending 256-row requests at once.
