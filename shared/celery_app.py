@@ -14,6 +14,7 @@ from shared.routing import PRIORITY_LEVELS
 # A training job may run for days; Redis re-delivers an unacknowledged message after this
 # long. The claim in the database makes a re-delivery harmless, and this keeps it rare.
 VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600
+PROC_ALIVE_TIMEOUT_SECONDS = 120.0
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -34,6 +35,10 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         # One message at a time: a busy worker never hoards jobs an idle device could run.
         worker_prefetch_multiplier=1,
+        # A prefork child loads torch (and what the first job needs) before it reports
+        # up: seconds on a loaded machine, past Celery's 4 s default, after which the
+        # parent kills it and starts another, forever, and no job runs.
+        worker_proc_alive_timeout=PROC_ALIVE_TIMEOUT_SECONDS,
         broker_transport_options={
             "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
             # Priorities within a queue: one Redis list per level, served highest first.

@@ -21,6 +21,7 @@ from tests.helpers import (
     fresh_database,
     reset_caches,
     start_process,
+    unique,
     wait_for_worker,
     wait_job,
 )
@@ -122,3 +123,12 @@ def events(client: Any, job_id: str) -> list[dict[str, Any]]:
 def waiting_messages(client: redis.Redis) -> int:
     """Messages in the training queues, at every priority."""
     return sum(client.llen(key) for key in client.scan_iter(match="train*", _type="list"))
+
+
+def trained_model(client: Any, prefix: str) -> str:
+    """The name of a new mlp trained on iris by the fleet's workers (succeeded)."""
+    name = unique(prefix)
+    body = {"model_name": name, "family": "mlp", "dataset": {"builtin": "iris"}}
+    job = client.post("/v1/jobs/train", json=body).json()
+    assert wait(client, job["id"])["state"] == "succeeded"
+    return name

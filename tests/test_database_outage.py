@@ -14,9 +14,7 @@ import pytest
 
 from shared.config import get_settings
 from tests.dbproxy import Proxy
-from tests.fleet import Fleet
-from tests.fleet import events as _events
-from tests.fleet import wait as _wait
+from tests.fleet import Fleet, events, trained_model, wait
 from tests.helpers import unique
 
 pytestmark = [
@@ -66,7 +64,7 @@ def test_training_that_ends_in_an_outage_succeeds_once(
             "training": {"epochs": 40}}  # fmt: skip
     proxy.cut_at(b"INSERT INTO model_versions", OUTAGE_SECONDS)
     job = api_client.post("/v1/jobs/train", json=body).json()
-    done = _wait(api_client, job["id"], timeout=120)
+    done = wait(api_client, job["id"], timeout=120)
 
     assert proxy.cuts == 1
     assert done["state"] == "succeeded", done
@@ -74,7 +72,7 @@ def test_training_that_ends_in_an_outage_succeeds_once(
     history = done["result"]["history"]
     assert [r["epoch"] for r in history] == list(range(1, 41))
     assert {r["attempt"] for r in history} == {1}
-    kinds = [e["kind"] for e in _events(api_client, job["id"])]
+    kinds = [e["kind"] for e in events(api_client, job["id"])]
     assert not RETRIED & set(kinds), kinds
     versions = api_client.get(f"/v1/models/{name}").json()["versions"]
     assert [v["job_id"] for v in versions] == [job["id"]]
@@ -89,21 +87,16 @@ def test_a_prediction_job_that_ends_in_an_outage_succeeds_once(
     api_client: Any, fleet: Fleet, proxy: Proxy
 ) -> None:
     _worker(fleet, proxy)
-    name = unique("outage-predict")
-    trained = api_client.post(
-        "/v1/jobs/train",
-        json={"model_name": name, "family": "mlp", "dataset": {"builtin": "iris"}},
-    ).json()
-    assert _wait(api_client, trained["id"])["state"] == "succeeded"
+    name = trained_model(api_client, "outage-predict")
 
     proxy.cut_at(b", result=", OUTAGE_SECONDS)  # the UPDATE that ends the job
     job = api_client.post("/v1/jobs/predict", json={"model_name": name, "inputs": IRIS}).json()
-    done = _wait(api_client, job["id"], timeout=60)
+    done = wait(api_client, job["id"], timeout=60)
 
     assert proxy.cuts == 1
     assert done["state"] == "succeeded" and done["attempts"] == 1, done
     assert len(done["result"]["outputs"]) == 2
-    kinds = [e["kind"] for e in _events(api_client, job["id"])]
+    kinds = [e["kind"] for e in events(api_client, job["id"])]
     assert not RETRIED & set(kinds), kinds
     _recovered(fleet)
 
@@ -112,12 +105,7 @@ def test_sync_predictions_answered_in_an_outage_are_recorded_after(
     api_client: Any, fleet: Fleet, proxy: Proxy
 ) -> None:
     _worker(fleet, proxy)
-    name = unique("outage-sync")
-    trained = api_client.post(
-        "/v1/jobs/train",
-        json={"model_name": name, "family": "mlp", "dataset": {"builtin": "iris"}},
-    ).json()
-    assert _wait(api_client, trained["id"])["state"] == "succeeded"
+    name = trained_model(api_client, "outage-sync")
     # A version by number is read once and kept by the worker (``latest`` is looked up
     # every batch, and answers 503 while the database is away).
     url = f"/v1/models/{name}/predict?version=1"

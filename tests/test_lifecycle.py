@@ -21,11 +21,7 @@ from shared.enqueue import send_job
 from shared.jobstate import TERMINAL
 from shared.processes import free_port
 from shared.schemas import JobOut
-from tests.fleet import Fleet
-from tests.fleet import events as _events
-from tests.fleet import wait as _wait
-from tests.fleet import wait_epoch as _wait_epoch
-from tests.fleet import waiting_messages as _waiting_messages
+from tests.fleet import Fleet, events, trained_model, wait, wait_epoch, waiting_messages
 from tests.helpers import AUTH, reset_caches, unique
 from tests.test_import_rules import serving
 
@@ -47,21 +43,21 @@ def test_a_worker_killed_mid_training_is_resumed_by_another(api_client: Any, fle
     first = fleet.worker()
     name = unique("kill9")
     job = api_client.post("/v1/jobs/train", json={"model_name": name, **SLOW_TRAINING}).json()
-    _wait_epoch(api_client, job["id"], 3)
+    wait_epoch(api_client, job["id"], 3)
     faulted = fleet.kill9(first)
     started_before = (api_client.get(f"/v1/jobs/{job['id']}").json()["progress"] or {})["epoch"]
 
     fleet.start("reaper")
     fleet.worker()
-    reclaimed = _wait(api_client, job["id"], until=("running", *TERMINAL), attempts=2)
+    reclaimed = wait(api_client, job["id"], until=("running", *TERMINAL), attempts=2)
     recovered = time.monotonic()
-    done = _wait(api_client, job["id"])
+    done = wait(api_client, job["id"])
 
     assert done["state"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and reclaimed["attempts"] == 2
     history = done["result"]["history"]
     assert [r["epoch"] for r in history] == list(range(1, 11))
-    resumed = [e for e in _events(api_client, job["id"]) if e["kind"] == "resumed"]
+    resumed = [e for e in events(api_client, job["id"]) if e["kind"] == "resumed"]
     assert len(resumed) == 1
     checkpoint = int(resumed[0]["message"].rsplit(" ", 1)[1])
     assert checkpoint >= 3
@@ -86,14 +82,14 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_the_reason(
     first = fleet.worker()
     body = {"model_name": unique("doomed"), **SLOW_TRAINING, "max_attempts": 1}
     job = api_client.post("/v1/jobs/train", json=body).json()
-    _wait_epoch(api_client, job["id"], 1)
+    wait_epoch(api_client, job["id"], 1)
     fleet.kill9(first)
     fleet.start("reaper")
-    done = _wait(api_client, job["id"])
+    done = wait(api_client, job["id"])
     assert done["state"] == "failed"
     assert done["error"]["type"] == "worker_lost"
     assert "giving up" in done["error"]["message"]
-    assert "lease_expired" not in {e["kind"] for e in _events(api_client, job["id"])}
+    assert "lease_expired" not in {e["kind"] for e in events(api_client, job["id"])}
 
 
 def test_redis_flushed_under_queued_jobs_loses_none(api_client: Any, fleet: Fleet) -> None:
@@ -105,16 +101,16 @@ def test_redis_flushed_under_queued_jobs_loses_none(api_client: Any, fleet: Flee
         for _ in range(5)
     ]
     client = redis.Redis.from_url(fleet.redis_url)
-    assert _waiting_messages(client) == 5
+    assert waiting_messages(client) == 5
     client.flushall()
     faulted = time.monotonic()
     fleet.start("reaper")
     fleet.worker()
-    done = [_wait(api_client, j["id"]) for j in jobs]
+    done = [wait(api_client, j["id"]) for j in jobs]
     recovered = time.monotonic()
     assert [j["state"] for j in done] == ["succeeded"] * 5
     for j in done:
-        assert "resent" in {e["kind"] for e in _events(api_client, j["id"])}
+        assert "resent" in {e["kind"] for e in events(api_client, j["id"])}
     _figures(
         "redis flushed",
         submitted=5,
@@ -137,23 +133,23 @@ def test_a_job_submitted_while_redis_is_down_runs_when_it_is_back(
     reset_caches()
     fleet.start("reaper")
     fleet.worker()
-    assert _wait(api_client, job["id"])["state"] == "succeeded"
+    assert wait(api_client, job["id"])["state"] == "succeeded"
 
 
 def test_the_same_message_twice_runs_the_job_once(api_client: Any, fleet: Fleet) -> None:
     body = {"model_name": unique("twice"), "family": "mlp", "dataset": {"builtin": "iris"}}
     job = api_client.post("/v1/jobs/train", json=body).json()
     send_job(JobOut.model_validate(job))
-    assert _waiting_messages(redis.Redis.from_url(fleet.redis_url)) == 2
+    assert waiting_messages(redis.Redis.from_url(fleet.redis_url)) == 2
     fleet.worker()
-    done = _wait(api_client, job["id"])
+    done = wait(api_client, job["id"])
     assert done["state"] == "succeeded" and done["attempts"] == 1
     deadline = time.monotonic() + 20
     while f"job {job['id']} is not queued" not in fleet.log():
         assert time.monotonic() < deadline, "the second message was never consumed"
         time.sleep(0.1)
     assert len(api_client.get(f"/v1/models/{body['model_name']}").json()["versions"]) == 1
-    kinds = Counter(e["kind"] for e in _events(api_client, job["id"]))
+    kinds = Counter(e["kind"] for e in events(api_client, job["id"]))
     assert kinds["claimed"] == 1 and kinds["succeeded"] == 1
 
 
@@ -169,11 +165,11 @@ def test_cancel_a_queued_job_and_a_running_one(api_client: Any, fleet: Fleet) ->
     body = {"model_name": unique("cr"), **SLOW_TRAINING}
     body["training"] = {**SLOW_TRAINING["training"], "epochs": 500}
     running = api_client.post("/v1/jobs/train", json=body).json()
-    _wait_epoch(api_client, running["id"], 2)
+    wait_epoch(api_client, running["id"], 2)
     asked = time.monotonic()
     response = api_client.post(f"/v1/jobs/{running['id']}/cancel")
     assert response.json()["state"] == "cancelling"
-    done = _wait(api_client, running["id"], timeout=30)
+    done = wait(api_client, running["id"], timeout=30)
     stopped_after = time.monotonic() - asked
     assert done["state"] == "cancelled"
     assert stopped_after < 10  # within a batch, once the lease thread hears of it
@@ -181,7 +177,7 @@ def test_cancel_a_queued_job_and_a_running_one(api_client: Any, fleet: Fleet) ->
     checkpoint = Path(get_settings().artifacts_location) / "checkpoints" / running["id"]
     assert (checkpoint / "checkpoint.safetensors").exists()
     # The queued job's message was dropped when it arrived: it never ran.
-    assert _events(api_client, queued["id"])[-1]["kind"] == "cancelled"
+    assert events(api_client, queued["id"])[-1]["kind"] == "cancelled"
     assert api_client.get(f"/v1/jobs/{queued['id']}").json()["started_at"] is None
 
     again = api_client.post(f"/v1/jobs/{running['id']}/cancel")
@@ -194,15 +190,15 @@ def test_a_worker_shut_down_mid_training_gives_the_job_back(api_client: Any, fle
     first = fleet.worker()
     job = api_client.post("/v1/jobs/train", json={"model_name": unique("term"), **SLOW_TRAINING})
     job_id = job.json()["id"]
-    _wait_epoch(api_client, job_id, 2)
+    wait_epoch(api_client, job_id, 2)
     os.killpg(first.pid, signal.SIGTERM)
     first.wait(30)
-    requeued = _wait(api_client, job_id, until=("queued",), timeout=10)
+    requeued = wait(api_client, job_id, until=("queued",), timeout=10)
     assert requeued["attempts"] == 0  # a clean shutdown is not the job's fault
     fleet.worker()
-    done = _wait(api_client, job_id)
+    done = wait(api_client, job_id)
     assert done["state"] == "succeeded" and done["attempts"] == 1
-    kinds = [e["kind"] for e in _events(api_client, job_id)]
+    kinds = [e["kind"] for e in events(api_client, job_id)]
     assert "requeued" in kinds and "resumed" in kinds
 
 
@@ -234,12 +230,7 @@ def test_200_jobs_while_the_only_worker_is_killed_twice(fleet: Fleet, tmp_path: 
     worker = fleet.worker()
     api = serving(["api"], free_port(), "/healthz", tmp_path / "api.log")
     with api as base, httpx.Client(base_url=base, timeout=60, headers=AUTH) as http:
-        model = unique("chaos-model")
-        seed = http.post(
-            "/v1/jobs/train",
-            json={"model_name": model, "family": "mlp", "dataset": {"builtin": "iris"}},
-        ).json()
-        assert _wait(http, seed["id"])["state"] == "succeeded"
+        model = trained_model(http, "chaos-model")
         names = [unique("chaos") for _ in range(4)]
 
         def submit(i: int) -> str:
@@ -269,13 +260,13 @@ def test_200_jobs_while_the_only_worker_is_killed_twice(fleet: Fleet, tmp_path: 
             last_fault = time.monotonic()
             fleet.worker()
             ids = list(pending)
-        done = [_wait(http, job_id, timeout=240) for job_id in ids]
+        done = [wait(http, job_id, timeout=240) for job_id in ids]
         finished = time.monotonic()
 
         states = Counter(j["state"] for j in done)
         assert states == {"succeeded": 200}, states
         terminal_events = Counter(
-            e["kind"] for j in done for e in _events(http, j["id"]) if e["kind"] in TERMINAL
+            e["kind"] for j in done for e in events(http, j["id"]) if e["kind"] in TERMINAL
         )
         assert terminal_events == {"succeeded": 200}
         version_jobs = [
