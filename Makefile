@@ -2,10 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch is installed first, pinned, so that pip never resolves another one. On a GPU machine
-# install the CUDA build of the same version first, e.g.
-#   $(PY) -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
+# torch is installed first, pinned, so that pip never resolves another one. Its build follows
+# the machine (ops/torch_index.py): the CUDA build where `nvidia-smi` lists a GPU, else the
+# CPU-only one (not PyPI's Linux wheel: several GB of CUDA libraries); from PyTorch's index,
+# or the configured package index when that one does not answer within a few seconds.
+# TORCH_INDEX=cpu|cu128|cu126|…|default chooses by hand (default: the configured index).
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?= auto
+TORCH_INDEX_BASE ?= https://download.pytorch.org/whl
 
 .PHONY: install up test test-quick lint bench clean
 
@@ -14,7 +18,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
+	index="$$($(PY) ops/torch_index.py --index '$(TORCH_INDEX)' --base-url '$(TORCH_INDEX_BASE)')" \
+	  && $(PY) -m pip install $(TORCH) $$index
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[worker,dev]"
 	touch $@
 
