@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api import errors
 from api.limits import BodyLimit
@@ -15,6 +16,8 @@ from api.serving import Batcher
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")
+# Where the documentation pages' scripts and styles are served.
+DOCS_ASSETS = "/docs-assets"
 
 
 @asynccontextmanager
@@ -30,12 +33,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from files installed with the API
+    # (fastapi-offline), not from a CDN: they work on a machine without internet.
+    app = FastAPIOffline(
         title="torchqueue",
         version="0.1.0",
         description="Run PyTorch training and prediction jobs on a fleet of GPU workers. "
-        "Every /v1 route takes an API key: `Authorization: Bearer KEY`.",
+        "Every /v1 route takes an API key: `Authorization: Bearer KEY` (Authorize, above).",
         lifespan=_lifespan,
+        static_url=DOCS_ASSETS,
     )
     errors.install(app)
     app.add_middleware(BodyLimit)
