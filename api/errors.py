@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.db.session import UNREACHABLE
 from shared.errors import TorchqueueError
+from shared.suggest import unknown_field
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,23 @@ def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "body"
 
 
-async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+def _near_miss(request: Request, error: dict[str, Any]) -> str:
+    """For an unknown field of the body, the known field it was probably meant to be."""
+    loc = error.get("loc", ())
+    body = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(body, "field_info", None), "annotation", None)
+    if error.get("type") != "extra_forbidden" or loc[:1] != ("body",) or model is None:
+        return ""
+    return unknown_field(model, loc[1:])
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"field": field_name(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+        {
+            "field": field_name(e.get("loc", ())),
+            "message": str(e.get("msg", "invalid")) + _near_miss(request, e),
+        }
         for e in exc.errors()
     ]
     first = errors[0] if errors else {"field": "body", "message": "invalid request"}

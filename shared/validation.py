@@ -20,6 +20,7 @@ from shared.datasets import BUILTIN_DATASETS, BuiltinDataset
 from shared.errors import InvalidSpec
 from shared.families import FAMILIES, Family, Task
 from shared.schemas import InlineData, Inputs, Tensor, TensorShape, TrainRequest, TrainSpec
+from shared.suggest import unknown_field
 
 _tensor_shape: TypeAdapter[list[int]] = TypeAdapter(TensorShape)
 
@@ -45,7 +46,12 @@ def _params(family: Family, params: dict[str, Any]) -> dict[str, Any]:
         return family.params.model_validate(params).model_dump()
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise InvalidSpec(err["msg"], field=_field_of(("params", *err["loc"]))) from None
+        field = _field_of(("params", *err["loc"]))
+        if err["type"] == "extra_forbidden":
+            near = unknown_field(family.params, err["loc"])
+            detail = f"{field}: {family.name} has no such parameter{near}"
+            raise InvalidSpec(detail, field=field) from None
+        raise InvalidSpec(err["msg"], field=field) from None
 
 
 def _builtin(name: str, family: Family) -> BuiltinDataset:

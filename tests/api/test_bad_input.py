@@ -91,3 +91,29 @@ def test_bad_prediction_requests_are_422(api_client: Any) -> None:
     _check(api_client.post("/v1/jobs/predict", json=body), 422, "version")
     body = {"model_name": "m", "inputs": ["a"], "wait": -1}
     _check(api_client.post("/v1/jobs/predict", json=body), 422, "wait")
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "meant"),
+    [
+        ({**TRAIN, "training": {"epoch": 5}}, "training.epoch", "epochs"),
+        ({**TRAIN, "trainig": {}}, "trainig", "training"),
+        ({**TRAIN, "dataset": {"builtins": "iris"}}, "dataset.builtins", "builtin"),
+        ({**TRAIN, "params": {"hidden_size": [8]}}, "params.hidden_size", "hidden_sizes"),
+    ],
+)
+def test_an_unknown_field_near_a_known_one_says_which(
+    api_client: Any, body: dict[str, Any], field: str, meant: str
+) -> None:
+    answer = _check(api_client.post("/v1/jobs/train", json=body), 422, field)
+    assert field in answer["detail"]
+    assert answer["detail"].endswith(f"did you mean `{meant}`?")
+
+
+def test_an_unknown_field_near_nothing_suggests_nothing(api_client: Any) -> None:
+    body = {**TRAIN, "training": {"colour": "blue"}}
+    answer = _check(api_client.post("/v1/jobs/train", json=body), 422, "training.colour")
+    assert "did you mean" not in answer["detail"]
+    body = {"inputs": {"dtype": "float32", "shape": [1, 1], "data": "AAAAAA==", "dtyp": 1}}
+    answer = _check(api_client.post("/v1/models/m/predict", json=body), 422, "inputs.dtyp")
+    assert answer["detail"].endswith("did you mean `dtype`?")

@@ -88,3 +88,12 @@ def test_requests_reject_unknown_fields_and_bad_names() -> None:
             {"model_name": "m", "family": "mlp", "dataset": {"builtin": "iris", "inline": None}}
             | {"dataset": {}}
         )
+
+
+def test_an_unknown_parameter_near_a_known_one_says_which() -> None:
+    err = _field_error(params={"hidden_size": [8]})
+    assert err.field == "params.hidden_size"
+    assert err.detail.endswith("did you mean `hidden_sizes`?")
+    err = _field_error(family="text_lstm", dataset={"builtin": "sentiment"}, params={"maxlen": 9})
+    assert err.detail.endswith("did you mean `max_len`?")
+    assert "did you mean" not in _field_error(params={"layers": 3}).detail
