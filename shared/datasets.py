@@ -1,5 +1,8 @@
 """The built-in data sets, by name. They ship with the workers (scikit-learn's bundled sets
-and ``workers/datasets/sentiment.tsv``): nothing is downloaded when a job runs."""
+and ``workers/datasets/sentiment.tsv``): nothing is downloaded when a job runs.
+
+A classification set names its classes, in the order of its targets (scikit-learn's
+``target_names``; sentiment's 0 and 1): a model trained on it answers with the names."""
 
 from __future__ import annotations
 
@@ -15,17 +18,32 @@ class BuiltinDataset:
     task: Task
     description: str
     n_features: int = 0  # feature rows' width; 0 for texts
-    n_classes: int = 1  # 1 for a regression
+    classes: tuple[str | int, ...] = ()  # class k's name at k; none for a regression
+
+    @property
+    def n_classes(self) -> int:
+        """1 for a regression."""
+        return len(self.classes) or 1
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     d.name: d
     for d in (
         BuiltinDataset(
-            "iris", "features", "classification", "150 flowers, 4 features, 3 species", 4, 3
+            "iris",
+            "features",
+            "classification",
+            "150 flowers, 4 features, 3 species",
+            4,
+            ("setosa", "versicolor", "virginica"),
         ),
         BuiltinDataset(
-            "wine", "features", "classification", "178 wines, 13 features, 3 kinds", 13, 3
+            "wine",
+            "features",
+            "classification",
+            "178 wines, 13 features, 3 cultivars",
+            13,
+            ("class_0", "class_1", "class_2"),
         ),
         BuiltinDataset(
             "breast_cancer",
@@ -33,14 +51,24 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
             "classification",
             "569 tumours, 30 features, 2 classes",
             30,
-            2,
+            ("malignant", "benign"),
         ),
         BuiltinDataset(
-            "digits", "features", "classification", "1797 8x8 digits, 10 classes", 64, 10
+            "digits",
+            "features",
+            "classification",
+            "1797 8x8 digits, 10 classes",
+            64,
+            tuple(range(10)),
         ),
-        BuiltinDataset("diabetes", "features", "regression", "442 patients, 10 features", 10, 1),
+        BuiltinDataset("diabetes", "features", "regression", "442 patients, 10 features", 10),
         BuiltinDataset(
-            "sentiment", "text", "classification", "bilingual (Chinese, English) sentiment", 0, 2
+            "sentiment",
+            "text",
+            "classification",
+            "bilingual (Chinese, English) sentiment",
+            0,
+            ("negative", "positive"),
         ),
     )
 }

@@ -76,7 +76,7 @@ def test_a_second_training_makes_version_two(api_client: Any, worker: Path) -> N
     assert response.status_code == 201
     done = wait_job(api_client, response.json()["id"])
     assert done["model_version"] == 1
-    assert done["result"]["outputs"][0]["label"] == 0
+    assert done["result"]["outputs"][0]["label"] == "setosa"
     # A wait that runs out answers 202 with the job to poll: here the prediction waits
     # behind a training on the session's only worker.
     long = {

@@ -26,6 +26,7 @@ from tests.helpers import start_process, unique, wait_for_worker, wait_job
 pytestmark = pytest.mark.slow
 
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [4.6, 3.1, 1.5, 0.2]]
+IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
 
 
 def register(name: str, family: str = "mlp", seed: int = 0, epochs: int = 3, **params: Any) -> int:
@@ -96,7 +97,12 @@ def test_a_prediction_answers_with_its_outputs_and_is_recorded(
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["model_name"] == iris and answer["model_version"] == 2
-    assert [o["label"] for o in answer["outputs"]] == [0, 2, 1, 0]
+    assert [o["label"] for o in answer["outputs"]] == [
+        "setosa",
+        "virginica",
+        "versicolor",
+        "setosa",
+    ]
     for out in answer["outputs"]:
         assert sum(out["probabilities"].values()) == pytest.approx(1.0)
 
@@ -166,11 +172,11 @@ def test_tensors_in_and_out(api_client: Any, worker: Path, iris: str) -> None:
     answer = api_client.post(f"/v1/models/{iris}/predict", json=body).json()
     out = answer["outputs"]
     assert out["dtype"] == "float32" and out["shape"] == [4, 3]
-    assert answer["classes"] == [0, 1, 2]
+    assert answer["classes"] == IRIS_CLASSES
     probabilities = floats(out)
     for r, row in enumerate(as_json):
         got = probabilities[r * 3 : r * 3 + 3]
-        assert got == pytest.approx([row["probabilities"][c] for c in ("0", "1", "2")], abs=1e-5)
+        assert got == pytest.approx([row["probabilities"][c] for c in IRIS_CLASSES], abs=1e-5)
     job = recorded(api_client, answer["job_id"])
     assert job["result"]["outputs"] == out and job["spec"]["inputs"] == body["inputs"]
 
@@ -277,7 +283,7 @@ def test_the_job_route_takes_tensors_too(api_client: Any, worker: Path, iris: st
     response = api_client.post("/v1/jobs/predict", json=body)
     assert response.status_code == 200, response.text
     result = response.json()["result"]
-    assert result["outputs"]["shape"] == [4, 3] and result["classes"] == [0, 1, 2]
+    assert result["outputs"]["shape"] == [4, 3] and result["classes"] == IRIS_CLASSES
     assert sum(floats(result["outputs"])[:3]) == pytest.approx(1.0, abs=1e-5)
 
 

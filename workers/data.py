@@ -1,6 +1,7 @@
 """Data sets as raw inputs and labels: built-in ones from disk (nothing is downloaded),
 inline ones from the job's spec. Built-in feature sets come as one float32 tensor, made
-once per process, rather than as lists of rows to convert for every job."""
+once per process, rather than as lists of rows to convert for every job; a built-in
+classification set's labels are its class names (``shared.datasets``), in their order."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, cast
 
 import torch
 
+from shared.datasets import BUILTIN_DATASETS
 from shared.errors import BadData
 from shared.schemas import DatasetSpec
 
@@ -25,6 +27,17 @@ class RawData:
     # the families' preprocessors take as they take rows.
     inputs: Sequence[Any]
     labels: list[Any]
+    # The classes in the data set's own order (built-in sets); None: sorted from the labels.
+    classes: list[Any] | None = None
+
+
+def _named(inputs: Sequence[Any], targets: list[Any], name: str) -> RawData:
+    """Targets 0..k-1 as the built-in set's class names (a regression's stay numbers)."""
+    known = BUILTIN_DATASETS.get(name)
+    if known is None or not known.classes:
+        return RawData(inputs, targets)
+    names = list(known.classes)
+    return RawData(inputs, [names[int(t)] for t in targets], names)
 
 
 @lru_cache(maxsize=8)
@@ -32,7 +45,7 @@ def _builtin(name: str) -> RawData:
     if name == "sentiment":
         with SENTIMENT.open(encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        return RawData([r["text"] for r in rows], [int(r["label"]) for r in rows])
+        return _named([r["text"] for r in rows], [int(r["label"]) for r in rows], name)
     from sklearn import datasets as sk  # the bundled sets: no download
 
     loaders = {
@@ -46,7 +59,7 @@ def _builtin(name: str) -> RawData:
         raise BadData(f"unknown built-in data set {name!r}")
     bunch = loaders[name]()
     features = cast(Sequence[Any], torch.from_numpy(bunch.data).float())
-    return RawData(features, bunch.target.tolist())
+    return _named(features, bunch.target.tolist(), name)
 
 
 def load(spec: DatasetSpec) -> RawData:

@@ -61,9 +61,10 @@ def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _targets(
-    spec: TrainSpec, labels: list[Any], train_idx: torch.Tensor
+    spec: TrainSpec, labels: list[Any], train_idx: torch.Tensor, classes: list[Any] | None = None
 ) -> tuple[torch.Tensor, dict[str, Any], str, int]:
-    """Encode the labels; return them, the target's saved state, the head and its width."""
+    """Encode the labels; return them, the target's saved state, the head and its width.
+    ``classes``: the data set's own classes in order (built-in sets), else sorted labels."""
     if spec.task == "regression":
         try:
             y = torch.tensor(labels, dtype=torch.float32)
@@ -71,7 +72,7 @@ def _targets(
             raise BadData("regression targets must be numbers") from None
         scaler = TargetScaler().fit(y[train_idx])
         return scaler.encode(y), scaler.to_json(), "mse", 1
-    enc = LabelEncoder().fit(labels)
+    enc = LabelEncoder(list(classes)) if classes else LabelEncoder().fit(labels)
     if len(enc.classes) < 2:
         raise BadData("classification needs at least two classes")
     y = enc.encode(labels)
@@ -260,7 +261,7 @@ def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = N
     if len(raw.inputs) < 1:
         raise BadData("the data set is empty")
     train_idx, val_idx = _split(len(raw.inputs), t.validation_fraction, t.seed)
-    y, target, head_kind, n_outputs = _targets(spec, raw.labels, train_idx)
+    y, target, head_kind, n_outputs = _targets(spec, raw.labels, train_idx, raw.classes)
     builder = BUILDERS[spec.family]
     if resume is not None:
         pre = builder.load_preprocessor(resume.meta["preprocessor"])

@@ -90,5 +90,6 @@ def list_datasets() -> dict[str, Any]:
     """The built-in data sets."""
     return {
         name: {"input": d.input_kind, "task": d.task, "description": d.description}
+        | ({"classes": list(d.classes)} if d.classes else {})
         for name, d in sorted(BUILTIN_DATASETS.items())
     }

@@ -96,7 +96,7 @@ def test_make_up_serves_training_and_prediction_then_stops_on_ctrl_c(tmp_path: P
         assert "up-iris version 1" in trained.stdout
         predicted = _cli(client_env, "predict", "up-iris", "[5.1, 3.5, 1.4, 0.2]")
         assert predicted.returncode == 0, predicted.stderr
-        assert '"label": 0' in predicted.stdout
+        assert '"label": "setosa"' in predicted.stdout
         assert (home / "torchqueue.db").exists()
         assert list((home / "artifacts" / "models" / "up-iris").glob("*/model.safetensors"))
         assert len(_processes_with_home(home)) >= 5  # make, up, redis, api, workers, flower
