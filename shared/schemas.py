@@ -46,6 +46,10 @@ MAX_ROWS = 200_000
 MAX_PREDICT_ROWS = 10_000
 # Numbers that reach a database column stay within a 32-bit integer.
 MAX_VERSION = MAX_OFFSET = 2**31 - 1
+# Early stopping's patience unless a job says otherwise (null turns it off): long enough
+# for a noisy validation loss to improve again, short enough that a 20-epoch job whose best
+# epoch comes early stops before the end.
+DEFAULT_PATIENCE = 10
 
 
 class _Strict(BaseModel):
@@ -79,7 +83,12 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, le=1)
     validation_fraction: float = Field(0.2, ge=0, le=0.9)
     early_stopping_patience: int | None = Field(
-        None, ge=1, le=10_000, description="stop after this many epochs without a better val loss"
+        DEFAULT_PATIENCE,
+        ge=1,
+        le=10_000,
+        description="stop after this many epochs without a lower validation loss, and keep "
+        f"the weights of the epoch that had it (default {DEFAULT_PATIENCE}; none without a "
+        "validation split); null: train every epoch and keep the last weights",
     )
     checkpoint_every_seconds: float | None = Field(
         None,
@@ -90,6 +99,13 @@ class TrainingConfig(_Strict):
         "epoch)",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _no_split_no_patience(self) -> TrainingConfig:
+        # The default needs a validation split; one given explicitly is kept as given.
+        if self.validation_fraction == 0 and "early_stopping_patience" not in self.model_fields_set:
+            self.early_stopping_patience = None
+        return self
 
 
 PoolName = Annotated[

@@ -61,7 +61,7 @@ def test_training_that_ends_in_an_outage_succeeds_once(
     _worker(fleet, proxy)
     name = unique("outage")
     body = {"model_name": name, "family": "mlp", "dataset": {"builtin": "iris"},
-            "training": {"epochs": 40}}  # fmt: skip
+            "training": {"epochs": 40, "early_stopping_patience": None}}  # fmt: skip
     proxy.cut_at(b"INSERT INTO model_versions", OUTAGE_SECONDS)
     job = api_client.post("/v1/jobs/train", json=body).json()
     done = wait(api_client, job["id"], timeout=120)

@@ -93,7 +93,7 @@ def test_predictions_finish_while_a_long_training_runs(api_client: Any, fleet: F
         api_client,
         family="text_lstm",
         dataset={"builtin": "sentiment"},
-        training={"epochs": 200, "batch_size": 2},
+        training={"epochs": 200, "batch_size": 2, "early_stopping_patience": None},
     )
     wait_epoch(api_client, long["id"], 1)
     body = {"model_name": model["model_name"], "inputs": [[5.1, 3.5, 1.4, 0.2]], "wait": 30}
@@ -114,7 +114,9 @@ def test_the_registry_shows_a_killed_worker_offline(api_client: Any, fleet: Flee
     me = _workers(api_client)[f"cpu@{HOST}"]
     assert me["state"] == "online" and me["pid"] == proc.pid
     assert me["current_job"] is None
-    long = _train(api_client, training={"epochs": 5000, "batch_size": 1})
+    long = _train(
+        api_client, training={"epochs": 5000, "batch_size": 1, "early_stopping_patience": None}
+    )
     wait_epoch(api_client, long["id"], 1)
     assert _workers(api_client)[f"cpu@{HOST}"]["current_job"] == long["id"]
     fleet.kill9(proc)
@@ -173,7 +175,7 @@ def test_flower_shows_the_job_its_model_and_its_progress(api_client: Any, fleet:
         api_client,
         family="text_lstm",
         dataset={"builtin": "sentiment"},
-        training={"epochs": 400, "batch_size": 4},
+        training={"epochs": 400, "batch_size": 4, "early_stopping_patience": None},
     )
     wait_epoch(api_client, job["id"], 2)
     seen: dict[str, Any] = {}
@@ -195,7 +197,12 @@ def test_a_two_device_job_trains_data_parallel(api_client: Any, fleet: Fleet) ->
     job = _train(
         api_client,
         resources={"devices": 2},
-        training={"epochs": 60, "learning_rate": 0.01, "batch_size": 16},
+        training={
+            "epochs": 60,
+            "learning_rate": 0.01,
+            "batch_size": 16,
+            "early_stopping_patience": None,
+        },
     )
     done = wait(api_client, job["id"])
     assert done["state"] == "succeeded", done["error"]

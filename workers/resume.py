@@ -32,7 +32,6 @@ def usable(checkpointer: Checkpointer | None, spec: TrainSpec) -> TrainState | N
 def snapshot(epoch: int, run: Prepared, history: list[dict[str, Any]]) -> TrainState:
     """The run's state after ``epoch``, to be written as a checkpoint."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
-    best = run.stopper.best
     return TrainState(
         epoch=epoch,
         model=run.net.state_dict(),
@@ -41,7 +40,7 @@ def snapshot(epoch: int, run: Prepared, history: list[dict[str, Any]]) -> TrainS
         shuffle_rng=run.gen.get_state(),
         cuda_rng=list(cuda),
         history=history,
-        best=best[2] if best is not None else None,
+        best=run.stopper.weights,
         meta={
             "spec": identity(run.spec),
             "preprocessor": run.pre.to_json(),

@@ -368,7 +368,9 @@ def train(
         if on_epoch is not None:
             on_epoch(record)
 
-    best_epoch = run.stopper.restore(run.net) or len(history)
+    # The model keeps the best epoch's weights with early stopping, else the last epoch's;
+    # its metrics are that epoch's. ``best_epoch`` is the lowest validation loss's either way.
+    kept = run.stopper.restore(run.net) or len(history)
     hidden = ("seconds", *hooks.record_extra)
     return Trained(
         spec=spec,
@@ -377,9 +379,9 @@ def train(
         target=run.target,
         input_schema=run.input_schema,
         n_outputs=run.n_outputs,
-        metrics={k: v for k, v in history[best_epoch - 1].items() if k not in hidden},
+        metrics={k: v for k, v in history[kept - 1].items() if k not in hidden},
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=run.stopper.best_epoch or len(history),
         stopped_early=run.stopper.stopped,
         samples=len(run.tr.x) * (len(history) - first + 1),
     )

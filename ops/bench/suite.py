@@ -213,10 +213,11 @@ def torchqueue_rows(
 
 
 # Epochs enough for jobs of one to two seconds each on one CPU thread, so that a job's
-# fixed costs (claim, data, model save, registration) weigh as they do in real use.
+# fixed costs (claim, data, model save, registration) weigh as they do in real use. Early
+# stopping is off: the plain loop runs every epoch, so the job must too.
 TRAIN_CASES = [
-    ("mlp", "digits", {"epochs": 80, "batch_size": 64}),
-    ("text_lstm", "sentiment", {"epochs": 15}),
+    ("mlp", "digits", {"epochs": 80, "batch_size": 64, "early_stopping_patience": None}),
+    ("text_lstm", "sentiment", {"epochs": 15, "early_stopping_patience": None}),
 ]
 
 

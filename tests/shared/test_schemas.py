@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.errors import InvalidSpec
-from shared.schemas import TrainRequest
+from shared.schemas import DEFAULT_PATIENCE, TrainingConfig, TrainRequest
 from shared.validation import resolve_train
 
 
@@ -97,3 +97,20 @@ def test_an_unknown_parameter_near_a_known_one_says_which() -> None:
     err = _field_error(family="text_lstm", dataset={"builtin": "sentiment"}, params={"maxlen": 9})
     assert err.detail.endswith("did you mean `max_len`?")
     assert "did you mean" not in _field_error(params={"layers": 3}).detail
+
+
+def test_early_stopping_is_on_by_default_and_null_turns_it_off() -> None:
+    assert TrainingConfig().early_stopping_patience == DEFAULT_PATIENCE
+    assert (
+        TrainingConfig.model_validate({"early_stopping_patience": None}).early_stopping_patience
+        is None
+    )
+    assert TrainingConfig(early_stopping_patience=3).early_stopping_patience == 3
+    # The default needs a validation split; an explicit one is kept as given.
+    assert TrainingConfig(validation_fraction=0).early_stopping_patience is None
+    no_split = TrainingConfig(validation_fraction=0, early_stopping_patience=4)
+    assert no_split.early_stopping_patience == 4
+    # A stored spec reads back as it was stored.
+    for config in (TrainingConfig(), TrainingConfig(early_stopping_patience=None)):
+        again = TrainingConfig.model_validate(config.model_dump(mode="json"))
+        assert again.early_stopping_patience == config.early_stopping_patience

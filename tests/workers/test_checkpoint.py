@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from shared.artifacts import LocalArtifactStore
 from shared.schemas import TrainRequest, TrainSpec
@@ -39,10 +40,18 @@ CASES = [
     ),
     _spec("text_lstm", "sentiment", {}, epochs=5, learning_rate=0.01, seed=1),
     _spec("mlp", "iris", {}, epochs=40, learning_rate=0.05, early_stopping_patience=3),
+    # The default patience, stopped after its best epoch (the first): the kept weights
+    # come back from the checkpoint.
+    _spec("mlp", "breast_cancer", {}, epochs=40, learning_rate=0.05),
+    _spec("mlp", "iris", {}, epochs=12, learning_rate=0.05, early_stopping_patience=None),
 ]
 
 
-@pytest.mark.parametrize("spec", CASES, ids=["mlp-dropout-sgd", "text_lstm", "early-stopping"])
+@pytest.mark.parametrize(
+    "spec",
+    CASES,
+    ids=["mlp-dropout-sgd", "text_lstm", "early-stopping", "default-patience", "no-patience"],
+)
 def test_a_resumed_run_ends_like_an_uninterrupted_one(spec: TrainSpec, tmp_path: Path) -> None:
     whole = train(spec)
     stop_after = min(3, len(whole.history) - 1)
@@ -74,6 +83,10 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(spec: TrainSpec, tmp_path:
     assert trained_epochs == [r["epoch"] for r in whole.history]  # none trained twice
     assert resumed.best_epoch == whole.best_epoch
     assert resumed.stopped_early == whole.stopped_early
+    for a, b in zip(
+        resumed.module.state_dict().values(), whole.module.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     for key, value in whole.metrics.items():
         assert resumed.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
@@ -105,7 +118,9 @@ def test_a_job_resumes_from_its_last_checkpoint_when_short_epochs_were_not_all_s
     """Under a job's policy (checkpoints take at most JOB_SHARE of the time), epochs of
     milliseconds are not each checkpointed: a stopped run resumes from the last one
     written, trains the epochs after it again, and ends like an uninterrupted run."""
-    spec = _spec("mlp", "iris", {}, epochs=30, learning_rate=0.05, seed=4)
+    spec = _spec(
+        "mlp", "iris", {}, epochs=30, learning_rate=0.05, seed=4, early_stopping_patience=None
+    )
     whole = train(spec)
     store = LocalArtifactStore(tmp_path)
     checkpoints = Checkpointer(store, "checkpoints/job/checkpoint", max_share=JOB_SHARE)

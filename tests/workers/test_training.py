@@ -6,11 +6,12 @@ import random
 from typing import Any
 
 import pytest
+import torch
 
 from shared.errors import NonFiniteLoss
-from shared.schemas import TrainRequest
+from shared.schemas import DEFAULT_PATIENCE, TrainRequest
 from shared.validation import resolve_train
-from workers.training import Trained, train
+from workers.training import Trained, prepare, train, validation
 
 
 def _train(family: str, dataset: dict[str, Any], params: Any = None, **training: Any) -> Trained:
@@ -31,11 +32,64 @@ def test_the_seed_example_trains_and_records_every_epoch() -> None:
     assert all("train_loss" in r and "train_accuracy" in r for r in trained.history)
 
 
+def _val_loss_of(trained: Trained) -> float:
+    """The validation loss of the weights ``trained`` ended with, measured again."""
+    run = prepare(trained.spec, torch.device("cpu"))
+    run.net = trained.module
+    return validation(run)["val_loss"]
+
+
+def _best(trained: Trained) -> int:
+    """The epoch of the lowest validation loss in the history."""
+    return min(trained.history, key=lambda r: r["val_loss"])["epoch"]
+
+
 @pytest.mark.slow
-def test_sentiment_reaches_85_percent_validation_accuracy() -> None:
+def test_the_quick_start_text_model_ends_with_its_best_epoch() -> None:
+    # README's `torchqueue train reviews --family text_lstm --builtin sentiment --epochs 20
+    # --lr 0.01`: it overfits after a few epochs; early stopping is on by default.
     trained = _train("text_lstm", {"builtin": "sentiment"}, epochs=20, learning_rate=0.01)
-    assert trained.metrics["val_accuracy"] >= 0.85
     assert all("val_loss" in r and "val_accuracy" in r for r in trained.history)
+    assert trained.best_epoch == _best(trained)
+    assert trained.metrics["epoch"] == trained.best_epoch
+    assert trained.metrics["val_accuracy"] >= 0.85
+    assert _val_loss_of(trained) == pytest.approx(trained.metrics["val_loss"], rel=1e-4)
+    if trained.stopped_early:
+        assert len(trained.history) == trained.best_epoch + DEFAULT_PATIENCE
+    else:
+        assert len(trained.history) == 20
+
+
+def _noisy(n: int = 200) -> dict[str, Any]:
+    """Rows whose label follows the first feature, one in ten flipped: an MLP learns it
+    for a few epochs, then learns the noise and its validation loss rises."""
+    rng = random.Random(1)
+    rows = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(n)]
+    return {
+        "inline": {
+            "inputs": rows,
+            "labels": [int((r[0] > 0) != (rng.random() < 0.1)) for r in rows],
+        }
+    }
+
+
+def test_best_epoch_is_the_lowest_validation_loss_also_without_early_stopping() -> None:
+    trained = _train("mlp", _noisy(), epochs=30, learning_rate=0.01, early_stopping_patience=None)
+    assert len(trained.history) == 30 and not trained.stopped_early
+    assert trained.best_epoch == _best(trained) < 30
+    # Without early stopping the model keeps its last weights, and says so.
+    assert trained.metrics["epoch"] == 30
+    assert _val_loss_of(trained) == pytest.approx(trained.history[-1]["val_loss"], rel=1e-4)
+
+
+def test_early_stopping_is_on_by_default_and_keeps_the_best_weights() -> None:
+    trained = _train("mlp", _noisy(), epochs=30, learning_rate=0.01)
+    assert trained.spec.training.early_stopping_patience == DEFAULT_PATIENCE
+    assert trained.stopped_early
+    assert trained.best_epoch == _best(trained)
+    assert len(trained.history) == trained.best_epoch + DEFAULT_PATIENCE
+    assert trained.metrics["epoch"] == trained.best_epoch
+    assert _val_loss_of(trained) == pytest.approx(trained.metrics["val_loss"], rel=1e-4)
 
 
 @pytest.mark.slow
