@@ -6,22 +6,26 @@
         job = tq.wait(job["id"])
         print(tq.predict_now("iris-mlp", [[5.1, 3.5, 1.4, 0.2]])["outputs"])
 
+The URL comes from ``base_url``, else ``TORCHQUEUE_API_URL``, else the URL that a running
+``torchqueue up`` recorded in its home (``TORCHQUEUE_HOME``), else http://127.0.0.1:8000.
 The API key comes from ``api_key``, else ``TORCHQUEUE_API_KEY``, else the local admin key
-that ``torchqueue up`` wrote under ``TORCHQUEUE_HOME``. Every method returns the API's JSON
-as plain dicts; an error answer raises ``ApiError`` with the HTTP status, the error's
-``type``, its ``detail`` and the ``field`` at fault.
+that ``torchqueue up`` wrote in the home. Every method returns the API's JSON as plain
+dicts; an error answer raises ``ApiError`` with the HTTP status, the error's ``type``, its
+``detail`` and the ``field`` at fault. When the API cannot be reached, or refuses the key,
+the detail names the URL tried and where it and the key came from.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from shared.config import get_settings
+from shared.config import DEFAULT_API_URL, Settings, get_settings
 from shared.jobstate import TERMINAL
 
 Json = dict[str, Any]
@@ -31,6 +35,51 @@ class ApiError(Exception):
     def __init__(self, status: int, type_: str, detail: str, field: str | None = None):
         super().__init__(f"{status} {type_}: {detail}")
         self.status, self.type, self.detail, self.field = status, type_, detail, field
+
+
+@dataclass(frozen=True)
+class Target:
+    """The API a client calls and the key it sends, each with where it came from."""
+
+    url: str
+    url_from: str
+    key: str | None
+    key_from: str
+
+    @classmethod
+    def resolve(cls, settings: Settings, url: str | None, key: str | None) -> Target:
+        recorded = settings.recorded_up()
+        if url:
+            url_from = "as given"
+        elif settings.api_url:
+            url, url_from = settings.api_url, "from TORCHQUEUE_API_URL"
+        elif recorded.get("api_url"):
+            url = str(recorded["api_url"])
+            url_from = (
+                f"recorded by `torchqueue up` in {settings.up_file}; "
+                "set TORCHQUEUE_API_URL to call another"
+            )
+        else:
+            url = DEFAULT_API_URL
+            url_from = (
+                f"the default: no `torchqueue up` recorded one in {settings.up_file}; "
+                "set TORCHQUEUE_API_URL"
+            )
+        if key:
+            key_from = "the key given"
+        elif settings.api_key is not None:
+            key_from = "the key in TORCHQUEUE_API_KEY"
+        elif settings.client_key:
+            key_from = (
+                f"the key in {settings.admin_key_file} (made by `torchqueue up`); "
+                "set TORCHQUEUE_API_KEY to send another"
+            )
+        else:
+            key_from = (
+                f"no key: set TORCHQUEUE_API_KEY, or run `torchqueue up`, which writes one "
+                f"to {settings.admin_key_file}"
+            )
+        return cls(url.rstrip("/"), url_from, key or settings.client_key, key_from)
 
 
 class Client:
@@ -45,13 +94,14 @@ class Client:
         """``http``: an HTTP client to send every request through instead, with its own
         base URL, headers and timeout (a test client of the app, say); its owner closes it."""
         self._owns_http = http is None
+        self.target: Target | None = None
         if http is not None:
             self._http = http
             self.base_url = str(http.base_url).rstrip("/")
             return
-        settings = get_settings()
-        self.base_url = (base_url or settings.api_url).rstrip("/")
-        key = api_key or settings.client_key
+        self.target = target = Target.resolve(get_settings(), base_url, api_key)
+        self.base_url = target.url
+        key = target.key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
@@ -69,17 +119,19 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"cannot reach {self.base_url}: {exc}") from None
+            where = f" ({self.target.url_from})" if self.target else ""
+            detail = f"cannot reach the API at {self.base_url}{where}: {exc or type(exc).__name__}"
+            raise ApiError(0, "unreachable", detail) from None
         try:
             body = response.json()
         except ValueError:
             body = {"type": "http_error", "detail": response.text[:500]}
         if response.is_error:
+            detail = str(body.get("detail", body))
+            if response.status_code == 401 and self.target:
+                detail = f"{detail} (the API at {self.base_url}; {self.target.key_from})"
             raise ApiError(
-                response.status_code,
-                str(body.get("type", "http_error")),
-                str(body.get("detail", body)),
-                body.get("field"),
+                response.status_code, str(body.get("type", "http_error")), detail, body.get("field")
             )
         return body
 

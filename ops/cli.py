@@ -1,6 +1,8 @@
 """The ``torchqueue`` command: run the system (up, api, worker, flower, db) and use it
 (train, predict, jobs, models) through ``api.client``. Heavy imports stay inside commands,
-so that the client commands and the API never load torch."""
+so that the client commands and the API never load torch. A user's mistake (a setting
+that cannot be used, an API that cannot be reached or refuses) is one or two lines and a
+non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
@@ -9,20 +11,56 @@ import sys
 from pathlib import Path
 
 import click
+import httpx
 
+from api.client import ApiError
 from ops.client_commands import CLIENT_COMMANDS
+from shared.config import SettingsError, get_settings
 from shared.routing import DEFAULT_POOL, POOL_PATTERN
+
+# The home's default until per-user homes: a directory in the current one.
+OLD_HOME = Path(".torchqueue")
+# A home in use holds one of these.
+HOME_STATE = ("torchqueue.db", "admin.key", "artifacts")
 
 
 @click.group()
-@click.option("--api-url", envvar="TORCHQUEUE_API_URL", help="default http://127.0.0.1:8000")
-@click.option("--api-key", envvar="TORCHQUEUE_API_KEY", help="default: the local admin key")
+@click.option(
+    "--api-url",
+    help="default: TORCHQUEUE_API_URL, else the URL a running `torchqueue up` recorded, "
+    "else http://127.0.0.1:8000",
+)
+@click.option(
+    "--api-key",
+    help="default: TORCHQUEUE_API_KEY, else the local admin key that `torchqueue up` made",
+)
 @click.pass_context
 def cli(ctx: click.Context, api_url: str | None, api_key: str | None) -> None:
     """torchqueue: PyTorch training and prediction jobs on GPU workers."""
     ctx.ensure_object(dict)
     ctx.obj["api_url"] = api_url
     ctx.obj["api_key"] = api_key
+    get_settings()  # a setting that cannot be used is said here, before anything starts
+    _notice_old_home()
+
+
+def _notice_old_home() -> None:
+    """Say once, per directory, that a ``./.torchqueue`` left by an earlier release is not
+    the home any more (unless TORCHQUEUE_HOME names it), and how to keep using it."""
+    if "TORCHQUEUE_HOME" in os.environ or not any((OLD_HOME / f).exists() for f in HOME_STATE):
+        return
+    old, home = OLD_HOME.resolve(), get_settings().home_dir
+    told = home / "old-homes-noticed"
+    if old == home or (told.is_file() and str(old) in told.read_text().splitlines()):
+        return
+    click.echo(
+        f"note: {old} is no longer the default home; it is now {home}. To keep using the "
+        f"old one: export TORCHQUEUE_HOME={old} (said once)",
+        err=True,
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    with told.open("a") as f:
+        f.write(f"{old}\n")
 
 
 # --- running the system ----------------------------------------------------------------
@@ -32,18 +70,17 @@ def cli(ctx: click.Context, api_url: str | None, api_key: str | None) -> None:
 @click.option(
     "--home",
     type=click.Path(path_type=Path),
-    envvar="TORCHQUEUE_HOME",
-    default=".torchqueue",
-    show_default=True,
-    help="state directory",
+    help="state directory; default TORCHQUEUE_HOME, else the per-user data directory",
 )
 @click.option("--port", default=8000, show_default=True, envvar="TORCHQUEUE_API_PORT")
 @click.option("--flower-port", default=5555, show_default=True, envvar="TORCHQUEUE_FLOWER_PORT")
-def up(home: Path, port: int, flower_port: int) -> None:
+@click.option("--verbose", is_flag=True, help="show the processes' logs here too")
+def up(home: Path | None, port: int, flower_port: int, verbose: bool) -> None:
     """Start everything on this machine, in the foreground; Ctrl-C stops it."""
     from ops.supervisor import Supervisor
 
-    sys.exit(Supervisor(home=home.resolve(), port=port, flower_port=flower_port).run())
+    home = home.expanduser().resolve() if home else get_settings().home_dir
+    sys.exit(Supervisor(home=home, port=port, flower_port=flower_port, verbose=verbose).run())
 
 
 @cli.command()
@@ -53,15 +90,17 @@ def api(host: str | None, port: int | None) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
-    from shared.config import get_settings
+    from shared import logs
 
     settings = get_settings()
+    logs.configure("api")
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",
+        log_config=None,  # uvicorn's loggers go through ``shared.logs``
     )
 
 
@@ -85,6 +124,7 @@ def worker(gpus: str | None, cpu: bool, queues: str, pool: str, loglevel: str) -
     """Run a Celery worker pinned to a GPU group or the CPU."""
     import re
 
+    from shared import processes
     from workers.main import start
 
     if bool(gpus) == cpu:
@@ -95,7 +135,7 @@ def worker(gpus: str | None, cpu: bool, queues: str, pool: str, loglevel: str) -
         status = start(gpus, queues, pool, loglevel)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    sys.exit(status)
+    processes.exit_now(status)
 
 
 @cli.command()
@@ -103,8 +143,8 @@ def worker(gpus: str | None, cpu: bool, queues: str, pool: str, loglevel: str) -
 @click.option("--address", default="127.0.0.1", show_default=True)
 def flower(port: int | None, address: str) -> None:
     """Serve Flower for the same broker."""
+    from shared import logs
     from shared.celery_app import get_celery
-    from shared.config import get_settings
 
     settings = get_settings()
     if not settings.flower_user or settings.flower_password is None:
@@ -117,6 +157,7 @@ def flower(port: int | None, address: str) -> None:
         f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
     )
     port = port or settings.flower_port
+    logs.configure("flower")  # before tornado's, which then adds no handler of its own
     argv = ["flower", f"--address={address}", f"--port={port}"]
     sys.exit(get_celery().start(argv) or 0)
 
@@ -124,15 +165,15 @@ def flower(port: int | None, address: str) -> None:
 @cli.command()
 def reaper() -> None:
     """Take back jobs whose workers died; re-send jobs the broker lost."""
-    import logging
     import signal
     import threading
 
     from ops.reaper import Reaper
+    from shared import logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.configure("reaper")
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     Reaper().run(stop)
 
@@ -200,7 +241,6 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the database to the latest schema."""
-    from shared.config import get_settings
     from shared.db.migrate import upgrade
 
     upgrade()
@@ -214,7 +254,19 @@ for command in CLIENT_COMMANDS:
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    cli(prog_name="torchqueue")
+    try:
+        cli(prog_name="torchqueue")
+    except SettingsError as exc:
+        _fail(f"{exc}\n(settings come from TORCHQUEUE_* environment variables)")
+    except ApiError as exc:
+        _fail(exc.detail)
+    except httpx.HTTPError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

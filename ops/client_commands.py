@@ -23,14 +23,31 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _message(exc: ApiError) -> str:
+    where = f" (field: {exc.field})" if exc.field else ""
+    return f"{exc.detail}{where}"
+
+
 def _call(ctx: click.Context, method: str, *args: Any, **kwargs: Any) -> Any:
     with _client(ctx) as client:
         try:
             result = getattr(client, method)(*args, **kwargs)
         except ApiError as exc:
-            where = f" (field: {exc.field})" if exc.field else ""
-            raise click.ClickException(f"{exc.detail}{where}") from None
+            raise click.ClickException(_message(exc)) from None
     return result
+
+
+class NotFinite(ValueError):
+    """NaN or Infinity in JSON: Python reads them, JSON has no such numbers."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NotFinite(name)
+
+
+def _loads(text: str) -> Any:
+    """JSON, refusing NaN and Infinity (which Python's parser takes, and JSON has not)."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def _json_option(value: str | None, name: str) -> dict[str, Any]:
@@ -38,7 +55,9 @@ def _json_option(value: str | None, name: str) -> dict[str, Any]:
         return {}
     try:
         text = Path(value[1:]).read_text() if value.startswith("@") else value
-        data = json.loads(text)
+        data = _loads(text)
+    except NotFinite as exc:
+        raise click.BadParameter(f"{exc} is not a number JSON has", param_hint=name) from None
     except (OSError, ValueError) as exc:
         raise click.BadParameter(f"not JSON (or @file of JSON): {exc}", param_hint=name) from None
     if not isinstance(data, dict):
@@ -157,7 +176,7 @@ def train(
         raise click.UsageError("give exactly one of --builtin or --data")
     if data_file:
         try:
-            dataset: Json = {"inline": json.loads(Path(data_file).read_text())}
+            dataset: Json = {"inline": _loads(Path(data_file).read_text())}
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
     else:
@@ -179,14 +198,36 @@ def train(
         _wait_and_report(ctx, job, None)
 
 
-def _parse_input(text: str) -> Any:
+def _parse_input(text: str, number: int) -> Any:
+    """A feature row ('[5.1, 3.5]', JSON) or a text; a row holding NaN or Infinity is
+    refused here, naming the input, since no model can take it."""
     stripped = text.strip()
     if stripped.startswith("["):
         try:
-            return json.loads(stripped)
+            return _loads(stripped)
+        except NotFinite as exc:
+            raise click.ClickException(
+                f"input {number}, {text}: {exc} is not a number; a feature must be finite"
+            ) from None
         except ValueError:
             pass
     return text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_row_hint(inputs: tuple[str, ...]) -> str:
+    """When every input is a bare number, the shell most likely split one row."""
+    if not all(_is_number(x) for x in inputs):
+        return ""
+    row = ", ".join(inputs)
+    return f"\nEach INPUT is one row: quote a row of features as one argument, e.g. '[{row}]'"
 
 
 @click.command()
@@ -212,14 +253,18 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict with a model. INPUTS are texts, or feature rows as JSON lists: '[1, 2.5]'."""
-    answer = _call(
-        ctx,
-        "predict_now",
-        model_name,
-        [_parse_input(x) for x in inputs],
-        version=int(version) if version.isdigit() else version,
-        timeout=wait_,
-    )
+    rows = [_parse_input(x, i) for i, x in enumerate(inputs, 1)]
+    with _client(ctx) as client:
+        try:
+            answer = client.predict_now(
+                model_name,
+                rows,
+                version=int(version) if version.isdigit() else version,
+                timeout=wait_,
+            )
+        except ApiError as exc:
+            hint = _split_row_hint(inputs) if (exc.field or "").startswith("inputs") else ""
+            raise click.ClickException(_message(exc) + hint) from None
     if "outputs" not in answer:  # not done within the wait: its job
         answer = _call(ctx, "wait", answer["id"])
         _summary(answer)

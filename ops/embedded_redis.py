@@ -19,11 +19,18 @@ def redis_executable() -> str:
 
 
 def start(
-    directory: Path, port: int | None = None, timeout: float = 20.0
+    directory: Path,
+    port: int | None = None,
+    timeout: float = 20.0,
+    *,
+    log: Path | None = None,
+    die_with_parent: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start redis-server; return the process and its URL once it answers a ping."""
+    """Start redis-server, its data in ``directory`` and its log in ``log`` (default
+    ``directory/redis.log``); return the process and its URL once it answers a ping."""
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    log = log or directory / "redis.log"
     # Its log goes to the log file (``--logfile``), never to its output.
     proc = spawn(
         [
@@ -42,14 +49,15 @@ def start(
             "--maxmemory-policy",
             "noeviction",
             "--logfile",
-            str(directory / "redis.log"),
-        ]
+            str(log),
+        ],
+        die_with_parent=die_with_parent,
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {directory}")
+            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {log}")
         try:
             redis.Redis.from_url(url, socket_timeout=1).ping()
             return proc, url

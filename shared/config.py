@@ -1,23 +1,37 @@
 """One settings object for every process, read from ``TORCHQUEUE_*`` environment variables.
 
 Defaults run on one machine with nothing installed but Python: a SQLite file, a local
-artifact directory and an embedded Redis, all under ``TORCHQUEUE_HOME``.
+artifact directory and an embedded Redis, all under ``TORCHQUEUE_HOME``, by default a
+per-user directory that follows the platform's convention (``~/.local/share/torchqueue``
+on Linux, through platformdirs), so that the command line works from any directory.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+import platformdirs
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TORCHQUEUE_"
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+def default_home() -> Path:
+    """The per-user data directory: ``$XDG_DATA_HOME/torchqueue`` or
+    ``~/.local/share/torchqueue`` on Linux, ``~/Library/Application Support/torchqueue``
+    on macOS, ``%LOCALAPPDATA%\\torchqueue`` on Windows."""
+    return platformdirs.user_data_path("torchqueue", appauthor=False)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TORCHQUEUE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    home: Path = Field(default=Path(".torchqueue"), description="state directory")
+    home: Path = Field(default_factory=default_home, description="state directory")
     redis_url: str | None = Field(
         default=None, description="broker; when unset, `torchqueue up` starts an embedded Redis"
     )
@@ -28,7 +42,9 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str | None = None
-    api_url: str = Field(default="http://127.0.0.1:8000", description="where clients call")
+    # Where clients call; unset: the URL that `torchqueue up` recorded in the home, else
+    # DEFAULT_API_URL.
+    api_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
@@ -38,6 +54,11 @@ class Settings(BaseSettings):
     bootstrap_key: SecretStr | None = None
     # What clients (the CLI, api.client) send; default: the local admin key file, if any.
     api_key: SecretStr | None = None
+    # An id that `torchqueue up` gives the processes it starts, which its API shows on
+    # /healthz: how the supervisor knows that the API answering on its port is its own.
+    instance: str | None = None
+    # Log lines: `text`, or `json` (one object a line, for log shippers).
+    log_format: Literal["text", "json"] = "text"
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     max_request_mb: float = 16.0
@@ -106,6 +127,20 @@ class Settings(BaseSettings):
         return self.home_dir / "admin.key"
 
     @property
+    def up_file(self) -> Path:
+        """Where a running `torchqueue up` records what it serves (its API's URL, the key
+        file), for the command line and clients started anywhere else."""
+        return self.home_dir / "up.json"
+
+    def recorded_up(self) -> dict[str, Any]:
+        """What the `torchqueue up` of this home recorded; empty when none runs."""
+        try:
+            recorded = json.loads(self.up_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
+
+    @property
     def client_key(self) -> str | None:
         if self.api_key is not None:
             return self.api_key.get_secret_value()
@@ -124,6 +159,23 @@ class Settings(BaseSettings):
         return "redis://127.0.0.1:6379/0"
 
 
+class SettingsError(Exception):
+    """A setting in the environment cannot be used; the message names its variable."""
+
+
+def describe(error: ValidationError) -> str:
+    """One line per setting at fault, named by its environment variable, never showing
+    the value (it may be a secret)."""
+    lines = []
+    for item in error.errors():
+        name = f"{ENV_PREFIX}{item['loc'][0]}".upper() if item["loc"] else "settings"
+        lines.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None

@@ -23,7 +23,7 @@ import redis
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
-from shared import notify
+from shared import logs, notify
 from shared.artifacts import open_store
 from shared.config import get_settings
 from shared.db import jobs, model_registry
@@ -285,6 +285,7 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@logs.with_job_id
 def run_train_job(job_id: str, worker: str) -> None:
     job = _claim(job_id, worker)
     if job is None:
@@ -402,6 +403,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
     return True
 
 
+@logs.with_job_id
 def run_predict_job(job_id: str, worker: str) -> None:
     job = _claim(job_id, worker)
     if job is None:

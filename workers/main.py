@@ -22,8 +22,14 @@ import socket
 import sys
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
+from shared import logs, processes
 from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
 from shared.routing import DEFAULT_POOL, POOL_PATTERN, worker_queues
 from workers import threads
@@ -64,6 +70,16 @@ def node_name(group: DeviceGroup, kinds: tuple[str, ...]) -> str:
     return f"{group.name}{suffix}@{socket.gethostname()}"
 
 
+def role(group: DeviceGroup, kinds: tuple[str, ...]) -> str:
+    """What its log lines call the worker: ``worker:train-cpu``, ``worker:predict-gpu0``."""
+    return f"worker:{'train' if QUEUE_TRAIN in kinds else 'predict'}-{group.name}"
+
+
+def _keep_our_logging(**_: Any) -> None:
+    """Celery configures logging only when nobody answers its ``setup_logging`` signal:
+    ``shared.logs`` has already done it."""
+
+
 def worker_argv(name: str, queues: list[str], predict_only: bool, loglevel: str) -> list[str]:
     argv = [
         "worker",
@@ -91,6 +107,8 @@ def run_worker(
     unknown = set(kinds) - {QUEUE_TRAIN, QUEUE_PREDICT}
     if unknown or not kinds:
         raise ValueError(f"--queues takes {QUEUE_TRAIN} and/or {QUEUE_PREDICT}, not {kinds}")
+    logs.configure(role(group, kinds), loglevel)
+    setup_logging.connect(_keep_our_logging, weak=False)
     devices = group.devices()
     group.pin()
     memory = min((d.memory_gb for d in devices), default=0.0)
@@ -121,6 +139,7 @@ def start(gpus: str | None, queues: str, pool: str, loglevel: str = "INFO") -> i
     if gpus == "all":
         from workers.per_gpu import run_all
 
+        logs.configure("worker:per-gpu", loglevel)
         return run_all(kinds, pool, loglevel)
     run_worker(parse_gpus(gpus) if gpus else DeviceGroup(), kinds, pool, loglevel)
     return 0
@@ -146,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         status = start(args.gpus, args.queues, args.pool, args.loglevel)
     except ValueError as exc:
         parser.error(str(exc))
-    sys.exit(status)
+    processes.exit_now(status)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 ``python -m workers.main --gpus N``; a worker that dies is started again.
 
 The workers stay in this process's process group, so that whatever stops the group (a
-SIGKILL of it, Ctrl-C in a terminal) stops them too.
+SIGKILL of it, Ctrl-C in a terminal) stops them too, and each dies with this process
+whatever kills it (``die_with_parent``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class PerGpu:
             self.stopping.wait(self.pause[gpu])
             self.pause[gpu] = min(self.pause[gpu] * 2, 60.0)
         if not self.stopping.is_set():
-            self.procs[gpu] = processes.spawn([*self.argv, "--gpus", str(gpu)], own_group=False)
+            self.procs[gpu] = processes.spawn(
+                [*self.argv, "--gpus", str(gpu)], own_group=False, die_with_parent=True
+            )
 
     def run(self) -> int:
         while not self.stopping.is_set():
@@ -68,6 +71,6 @@ def run_all(kinds: tuple[str, ...], pool: str, loglevel: str = "INFO") -> int:
         loglevel,
     ]
     supervisor = PerGpu(gpus, argv)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: supervisor.stopping.set())
     return supervisor.run()

@@ -17,9 +17,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process is up."""
-    return {"status": "ok"}
+def healthz() -> dict[str, str | None]:
+    """The process is up; ``instance``: the id that `torchqueue up` gave it, if any."""
+    return {"status": "ok", "instance": get_settings().instance}
 
 
 def _check_database() -> str:

@@ -7,7 +7,7 @@ from tests.helpers import unique
 
 
 def test_healthz_and_readyz(api_client: Any) -> None:
-    assert api_client.get("/healthz").json() == {"status": "ok"}
+    assert api_client.get("/healthz").json() == {"status": "ok", "instance": None}
     ready = api_client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["database"] == "ok" and ready.json()["redis"] == "ok"

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from ops.client_commands import render
+from shared.artifacts import open_store
+from shared.db import jobs, model_registry
+from shared.db.session import session_scope
+from shared.jobstate import JobKind
 from shared.processes import free_port
+from shared.schemas import TrainRequest
+from shared.validation import resolve_train
 from tests.helpers import ROOT, unique
 from tests.test_import_rules import serving
 
@@ -100,6 +106,104 @@ def test_an_unreachable_api_is_a_clear_error() -> None:
     result = tq(f"http://127.0.0.1:{free_port()}", "jobs", "list")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr and "Traceback" not in result.stderr
+
+
+def run(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``torchqueue ARGS`` with ``env`` and none of the session's TORCHQUEUE_ variables
+    (nor XDG_DATA_HOME: the per-user home is then under HOME)."""
+    drop = ("TORCHQUEUE_", "XDG_DATA_HOME")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args],
+        cwd=cwd,
+        env=base | {"PYTHONPATH": str(ROOT)} | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def one_clear_error(result: subprocess.CompletedProcess[str], lines: int = 2) -> str:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert 1 <= len(result.stderr.strip().splitlines()) <= lines, result.stderr
+    return result.stderr
+
+
+def test_a_connection_error_names_the_url_and_where_it_came_from(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    said = one_clear_error(run({"TORCHQUEUE_API_URL": dead}, "jobs", "list"))
+    assert f"cannot reach the API at {dead} (from TORCHQUEUE_API_URL)" in said
+    # No URL given: the one that `torchqueue up` recorded in the home, from any directory.
+    home = tmp_path / "home"
+    home.mkdir()
+    recorded = f"http://127.0.0.1:{free_port()}"
+    (home / "up.json").write_text(json.dumps({"api_url": recorded}))
+    said = one_clear_error(run({"TORCHQUEUE_HOME": str(home)}, "jobs", "list", cwd=tmp_path))
+    assert f"cannot reach the API at {recorded} (recorded by `torchqueue up` in " in said
+    assert str(home / "up.json") in said and "TORCHQUEUE_API_URL" in said
+
+
+def test_a_refused_key_names_the_url_and_the_variable(api_url: str, tmp_path: Path) -> None:
+    env = {"TORCHQUEUE_API_URL": api_url, "TORCHQUEUE_HOME": str(tmp_path)}
+    said = one_clear_error(run(env | {"TORCHQUEUE_API_KEY": "tq_nope_" + "x" * 24}, "workers"))
+    assert f"(the API at {api_url}; the key in TORCHQUEUE_API_KEY)" in said
+    said = one_clear_error(run(env, "workers"))
+    assert "no key: set TORCHQUEUE_API_KEY, or run `torchqueue up`" in said
+    assert str(tmp_path / "admin.key") in said
+
+
+@pytest.mark.parametrize("command", [["jobs", "list"], ["up"], ["api"], ["worker", "--cpu"]])
+def test_a_placeholder_secret_is_named_by_its_variable(command: list[str]) -> None:
+    said = one_clear_error(run({"TORCHQUEUE_BOOTSTRAP_KEY": "change-me-please"}, *command))
+    assert said.startswith("Error: TORCHQUEUE_BOOTSTRAP_KEY: use a random secret")
+    assert "bootstrap_key" not in said
+
+
+def test_a_row_with_nan_is_refused_naming_it() -> None:
+    said = one_clear_error(run({}, "predict", "iris-mlp", "[6.7, 3.0, 5.2, 2.3]", "[5.1, NaN]"))
+    assert said == "Error: input 2, [5.1, NaN]: NaN is not a number; a feature must be finite\n"
+
+
+def _iris_model() -> str:
+    """A real mlp of four features, trained here for one epoch and registered."""
+    from workers import modelio
+    from workers.training import train
+
+    name = unique("rows")
+    body = {"model_name": name, "family": "mlp", "dataset": {"builtin": "iris"}}
+    spec = resolve_train(TrainRequest.model_validate(body | {"training": {"epochs": 1}}))
+    trained = train(spec)
+    with session_scope() as s:
+        job = jobs.create_job(s, kind=JobKind.train, model_name=name, spec={}, queue="t")
+    saved = modelio.save(trained, open_store(), f"models/{name}/{job.id}")
+    with session_scope() as s:
+        model_registry.register_model_version(
+            s, model_name=name, family="mlp", params=spec.params,
+            input_schema=trained.input_schema, metrics=trained.metrics,
+            artifact_uri=saved.uri, sha256=saved.sha256, job_id=job.id,
+        )  # fmt: skip
+    return name
+
+
+def test_a_row_split_by_the_shell_is_hinted_at(api_url: str) -> None:
+    said = one_clear_error(tq(api_url, "predict", _iris_model(), "5.1", "3.5", "1.4", "0.2"), 3)
+    assert "(field: inputs" in said
+    assert "quote a row of features as one argument, e.g. '[5.1, 3.5, 1.4, 0.2]'" in said
+
+
+def test_an_old_home_in_the_directory_is_noticed_once(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / ".torchqueue").mkdir(parents=True)
+    (work / ".torchqueue" / "torchqueue.db").touch()
+    env = {"HOME": str(tmp_path / "user"), "TORCHQUEUE_API_URL": f"http://127.0.0.1:{free_port()}"}
+    first = run(env, "jobs", "list", cwd=work)
+    home = tmp_path / "user" / ".local" / "share" / "torchqueue"
+    assert f"note: {work / '.torchqueue'} is no longer the default home; it is now {home}" in (
+        first.stderr
+    )
+    assert f"export TORCHQUEUE_HOME={work / '.torchqueue'}" in first.stderr
+    assert "note:" not in run(env, "jobs", "list", cwd=work).stderr
 
 
 def test_the_progress_line() -> None:
