@@ -82,6 +82,5 @@ def visible(job: JobOut, principal: Principal) -> JobOut:
 
 JobsSubmit = Annotated[Principal, Depends(require("jobs:submit"))]
 JobsRead = Annotated[Principal, Depends(require("jobs:read"))]
-ModelsRead = Annotated[Principal, Depends(require("models:read"))]
 TrainSubmit = Annotated[Principal, Depends(require("jobs:submit", "models:write"))]
 PredictSubmit = Annotated[Principal, Depends(require("jobs:submit", "models:read"))]

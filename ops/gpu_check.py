@@ -155,12 +155,6 @@ def plain_seconds(
         torch.set_num_threads(before)
 
 
-def plain_loop(family: str, dataset: str, training: dict[str, Any], device: str) -> float:
-    """Samples/s of the plain loop (``plain_seconds``)."""
-    seconds, samples = plain_seconds(family, dataset, training, device)
-    return samples / seconds
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="check the path on the CPU")

@@ -149,7 +149,8 @@ def _label_order(item: tuple[str, Any]) -> tuple[int, float, str]:
 
 
 class TargetScaler:
-    """Regression targets, standardized for training and restored for answers."""
+    """Regression targets, standardized for training; answers are restored from its JSON
+    (``modelio.LoadedModel``)."""
 
     def __init__(self, mean: float = 0.0, std: float = 1.0):
         self.mean, self.std = mean, std
@@ -162,9 +163,6 @@ class TargetScaler:
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.mean) / self.std
-
-    def decode(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.std + self.mean
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "target_scaler", "mean": self.mean, "std": self.std}

@@ -329,7 +329,6 @@ def train(
     spec: TrainSpec,
     *,
     device: torch.device | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     hooks: Hooks | None = None,
     dist: Dist | None = None,
 ) -> Trained:
@@ -342,7 +341,7 @@ def train(
     and reports progress."""
     hooks = hooks or Hooks()
     dist = dist or Dist()
-    on_epoch = (on_epoch or hooks.on_epoch) if dist.leader else None
+    on_epoch = hooks.on_epoch if dist.leader else None
     resume = usable(hooks.checkpointer, spec)
     run = prepare(spec, device or torch.device("cpu"), resume)
     history: list[dict[str, Any]] = []
