@@ -31,6 +31,15 @@ from shared.jobstate import TERMINAL
 Json = dict[str, Any]
 
 
+def job_error(job: Json) -> str | None:
+    """A failed job's ``error`` in one line, ``type: detail``; None when it has none. Jobs
+    that failed before errors had one shape hold ``message`` where ``detail`` is now."""
+    error = job.get("error")
+    if not error:
+        return None
+    return f"{error.get('type')}: {error.get('detail', error.get('message'))}"
+
+
 class ApiError(Exception):
     def __init__(self, status: int, type_: str, detail: str, field: str | None = None):
         super().__init__(f"{status} {type_}: {detail}")
@@ -169,6 +178,9 @@ class Client:
         version: int | str = "latest",
         wait: float | None = None,
     ) -> Json:
+        """A prediction job (``POST /v1/jobs/predict``), the way for large or low-priority
+        batches: the job, finished when it ends within ``wait`` seconds, else to ``wait``
+        for. Its outputs are in ``result``."""
         body: Json = {"model_name": model_name, "version": version, "inputs": inputs}
         if wait is not None:
             body["wait"] = wait

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.db.session import UNREACHABLE
-from shared.errors import TorchqueueError
+from shared.errors import InvalidSpec, TorchqueueError, Unavailable
 from shared.suggest import unknown_field
 
 log = logging.getLogger(__name__)
@@ -65,21 +65,22 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
         for e in exc.errors()
     ]
     first = errors[0] if errors else {"field": "body", "message": "invalid request"}
-    body = {
-        "type": "invalid_spec",
-        "detail": f"{first['field']}: {first['message']}",
-        "field": first["field"],
-        "errors": errors,
-    }
-    return JSONResponse(body, status_code=422)
+    invalid = InvalidSpec(f"{first['field']}: {first['message']}", field=first["field"])
+    return response_of(invalid, errors=errors)
+
+
+def response_of(exc: TorchqueueError, **extra: Any) -> JSONResponse:
+    """The answer for one of our errors: its status, and its ``to_dict`` (with ``extra``).
+    Also an ASGI app, for a middleware that refuses a request before the app sees it."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(exc.to_dict() | extra, status_code=exc.status, headers=headers)
 
 
 async def _ours(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TorchqueueError)
     if exc.status >= 500:
         log.error("%s: %s", exc.type, exc.detail)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    return response_of(exc)
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
@@ -97,16 +98,12 @@ async def _database_down(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "the database failed %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0]
     )
-    body = {"type": "unavailable", "detail": "the database cannot be reached; try again"}
-    return JSONResponse(body, status_code=503)
+    return response_of(Unavailable("the database cannot be reached; try again"))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(
-        {"type": "internal_error", "detail": "internal error; the server log has the details"},
-        status_code=500,
-    )
+    return response_of(TorchqueueError("internal error; the server log has the details"))
 
 
 def install(app: FastAPI) -> None:

@@ -3,12 +3,11 @@ read into memory: by its Content-Length, or while it streams in."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import response_of
 from shared.config import get_settings
+from shared.errors import TooLarge
 
 
 class BodyLimit:
@@ -22,7 +21,7 @@ class BodyLimit:
         limit = int(get_settings().max_request_mb * 1024 * 1024)
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
-            await _refuse(send, limit)
+            await _refuse(scope, receive, send, limit)
             return
         seen = 0
         refused = False
@@ -36,7 +35,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > limit and not refused:
                     refused = True
-                    await _refuse(send, limit)
+                    await _refuse(scope, receive, send, limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -47,20 +46,6 @@ class BodyLimit:
         await self.app(scope, counted, guarded)
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body: dict[str, Any] = {
-        "type": "too_large",
-        "detail": f"the request body is over the limit of {limit // (1024 * 1024)} MB",
-    }
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    error = TooLarge(f"the request body is over the limit of {limit // (1024 * 1024)} MB")
+    await response_of(error)(scope, receive, send)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from api.client import ApiError, Client, Json
+from api.client import ApiError, Client, Json, job_error
 
 
 def _client(ctx: click.Context) -> Client:
@@ -130,10 +130,7 @@ def _summary(job: Json) -> None:
             f"{json.dumps((job.get('result') or {}).get('metrics'))}"
         )
     elif job["state"] == "failed":
-        error = job.get("error") or {}
-        raise click.ClickException(
-            f"job {job['id']} failed: {error.get('type')}: {error.get('message')}"
-        )
+        raise click.ClickException(f"job {job['id']} failed: {job_error(job)}")
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -333,7 +330,7 @@ def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     ):
         click.echo(f"{key + ':':15}{job.get(key)}")
     if job.get("error"):
-        click.echo(f"{'error:':15}{job['error'].get('type')}: {job['error'].get('message')}")
+        click.echo(f"{'error:':15}{job_error(job)}")
     if (job.get("result") or {}).get("metrics"):
         click.echo(f"{'metrics:':15}{json.dumps(job['result']['metrics'])}")
     click.echo("history:")

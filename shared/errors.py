@@ -1,4 +1,6 @@
-"""The one error hierarchy. The API turns each into a response in one handler.
+"""The one error hierarchy, and the one shape of an error: ``{"type", "detail", "field"}``
+(``field`` where there is one), from ``to_dict``. The API answers with it in one handler
+(``api.errors``); a failed job keeps it as its ``error``.
 
 TorchqueueError                 500  internal_error (never shown with a traceback)
 ├── InvalidSpec                 422  invalid_spec: a request that cannot run; names `field`
@@ -8,10 +10,15 @@ TorchqueueError                 500  internal_error (never shown with a tracebac
 ├── Conflict                    409  conflict: a state that forbids the request
 ├── TooLarge                    413  too_large: a request body over the limit
 ├── Unavailable                 503  unavailable: the database or the broker cannot be reached
+│                                    (a worker that cannot claim its job retries it later)
 └── JobError                         why a job failed; stored on the job, never raised over HTTP
     ├── BadData                      bad_data: the data set cannot be used
     ├── NonFiniteLoss                nan_loss: training diverged
-    └── ModelLoadError               model_load_error: a missing or tampered artifact
+    ├── ModelLoadError               model_load_error: a missing or tampered artifact
+    ├── OutOfMemory                  out_of_memory: the device (or the host) ran out of memory
+    ├── WorkerLost                   worker_lost: its workers stopped renewing its lease, and
+    │                                it has no attempts left
+    └── JobCrashed                   internal_error: an unexpected exception in the job
 """
 
 from __future__ import annotations
@@ -82,3 +89,15 @@ class NonFiniteLoss(JobError):
 
 class ModelLoadError(JobError):
     type = "model_load_error"
+
+
+class OutOfMemory(JobError):
+    type = "out_of_memory"
+
+
+class WorkerLost(JobError):
+    type = "worker_lost"
+
+
+class JobCrashed(JobError):
+    type = "internal_error"

@@ -114,7 +114,7 @@ def test_a_diverging_job_fails_with_its_reason(api_client: Any, worker: Path) ->
     job = wait_job(api_client, api_client.post("/v1/jobs/train", json=body).json()["id"])
     assert job["state"] == "failed"
     assert job["error"]["type"] == "nan_loss"
-    assert "learning rate" in job["error"]["message"]
+    assert "learning rate" in job["error"]["detail"]
     assert job["model_version"] is None
 
 
@@ -143,4 +143,4 @@ def test_a_tampered_model_is_refused_by_the_worker(api_client: Any, worker: Path
     assert job["state"] == "succeeded"
     assert prediction["state"] == "failed"
     assert prediction["error"]["type"] == "model_load_error"
-    assert "checksum mismatch" in prediction["error"]["message"]
+    assert "checksum mismatch" in prediction["error"]["detail"]

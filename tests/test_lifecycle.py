@@ -88,7 +88,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_the_reason(
     done = wait(api_client, job["id"])
     assert done["state"] == "failed"
     assert done["error"]["type"] == "worker_lost"
-    assert "giving up" in done["error"]["message"]
+    assert "giving up" in done["error"]["detail"]
     assert "lease_expired" not in {e["kind"] for e in events(api_client, job["id"])}
 
 

@@ -29,7 +29,7 @@ from shared.config import get_settings
 from shared.db import jobs, model_registry
 from shared.db.session import UNREACHABLE, session_scope
 from shared.enqueue import send_job
-from shared.errors import JobError, Unavailable
+from shared.errors import JobCrashed, JobError, OutOfMemory, Unavailable
 from shared.jobstate import JobState
 from shared.schemas import JobOut, PredictSpec, Tensor, TrainSpec, input_rows
 
@@ -67,10 +67,6 @@ TRANSIENT: tuple[type[Exception], ...] = (
 # unreachable. The work is done and the lease thread keeps renewing the job's lease, so
 # waiting is cheaper than giving the job back and running it again.
 OUTCOME_PATIENCE_SECONDS = 3600.0
-
-
-class Transient(Exception):
-    """The job could not even be claimed (the database is unreachable): retry later."""
 
 
 class Lease:
@@ -128,8 +124,8 @@ def _claim(job_id: str, worker: str) -> JobOut | None:
     try:
         with session_scope() as s:
             job = jobs.claim_job(s, job_id, worker, get_settings().lease_seconds)
-    except UNREACHABLE as exc:
-        raise Transient(f"the database cannot be reached: {exc}") from exc
+    except UNREACHABLE as exc:  # not the job's fault: its task retries it later
+        raise Unavailable(f"the database cannot be reached: {_first_line(exc)}") from exc
     if job is None:
         log.info("job %s is not queued (duplicate or late message): nothing to do", job_id)
     else:
@@ -137,12 +133,27 @@ def _claim(job_id: str, worker: str) -> JobOut | None:
     return job
 
 
-def _error_of(exc: BaseException) -> dict[str, str]:
+def error_of(exc: BaseException) -> JobError:
+    """Why a job failed, as a kind of the error tree: its own, or the one ``exc`` is."""
     if isinstance(exc, JobError):
-        return {"type": exc.type, "message": exc.detail}
-    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return {"type": "out_of_memory", "message": f"{exc}; use a smaller batch or model"}
-    return {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+        return exc
+    if _out_of_memory(exc):
+        return OutOfMemory(f"{exc}; use a smaller batch or model")
+    return JobCrashed(f"{type(exc).__name__}: {exc}")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):  # torch's devices'; Python's
+        return True
+    # Two failures to allocate have no class of their own, only words: the CPU allocator's
+    # ("DefaultCPUAllocator: can't allocate memory"), and a CUDA call that fails with
+    # cudaErrorMemoryAllocation ("CUDA error: out of memory", a torch.AcceleratorError).
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text
+    )
 
 
 def _record(job_id: str, lease: Lease, write: Callable[[Session], bool]) -> bool:
@@ -200,12 +211,12 @@ def _finish(job_id: str, worker: str, lease: Lease, state: JobState, **outcome: 
 
 
 def _fail(job_id: str, worker: str, lease: Lease, exc: BaseException) -> None:
-    error = _error_of(exc)
-    if error["type"] == "internal_error":
+    error = error_of(exc)
+    if isinstance(error, JobCrashed):
         log.exception("job %s failed unexpectedly", job_id)
     else:
-        log.warning("job %s failed: %s", job_id, error["message"])
-    _finish(job_id, worker, lease, JobState.failed, error=error, message=error["message"])
+        log.warning("job %s failed: %s", job_id, error.detail)
+    _finish(job_id, worker, lease, JobState.failed, error=error.to_dict(), message=error.detail)
 
 
 def _give_back(job: JobOut, worker: str, reason: str) -> None:

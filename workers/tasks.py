@@ -11,6 +11,7 @@ from typing import Any
 from celery import shared_task
 
 from shared.constants import TASK_PREDICT, TASK_SERVE, TASK_TRAIN
+from shared.errors import Unavailable
 from workers import jobs
 
 
@@ -28,7 +29,7 @@ def train(self: Any, job_id: str) -> None:
     jobs.guard_sigterm()
     try:
         jobs.run_train_job(job_id, worker=_owner(self))
-    except jobs.Transient as exc:  # not the job's fault: try again, later
+    except Unavailable as exc:  # the job could not be claimed: try again, later
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
 
 
@@ -36,7 +37,7 @@ def train(self: Any, job_id: str) -> None:
 def predict(self: Any, job_id: str) -> None:
     try:
         jobs.run_predict_job(job_id, worker=_owner(self))
-    except jobs.Transient as exc:
+    except Unavailable as exc:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
 
 

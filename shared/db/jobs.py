@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, WorkerLost
 from shared.jobstate import (
     ALLOWED_FROM,
     BORN_AS,
@@ -432,7 +432,7 @@ def reap(session: Session, job: JobOut, lease_seconds: float) -> str:
         )
         return "cancelled" if done else "skipped"
     if job.attempts >= job.max_attempts:
-        message = (
+        lost = WorkerLost(
             f"{worker} stopped renewing its lease (attempt {job.attempts} of "
             f"{job.max_attempts}): the job may be killing its workers; giving up"
         )
@@ -441,8 +441,8 @@ def reap(session: Session, job: JobOut, lease_seconds: float) -> str:
             job.id,
             JobState.failed,
             where=still_expired,
-            message=message,
-            error={"type": "worker_lost", "message": message},
+            message=lost.detail,
+            error=lost.to_dict(),
         )
         return "failed" if done else "skipped"
     moved = requeue(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -117,3 +118,31 @@ def test_an_unknown_field_near_nothing_suggests_nothing(api_client: Any) -> None
     body = {"inputs": {"dtype": "float32", "shape": [1, 1], "data": "AAAAAA==", "dtyp": 1}}
     answer = _check(api_client.post("/v1/models/m/predict", json=body), 422, "inputs.dtyp")
     assert answer["detail"].endswith("did you mean `dtype`?")
+
+
+def test_a_body_over_the_limit_is_413_in_the_usual_shape(
+    api_client: Any, setting: Callable[[str, str], None]
+) -> None:
+    """Refused by the middleware before the app reads it, with the error tree's shape:
+    whether its Content-Length says so, or it grows past the limit as it streams in."""
+    setting("TORCHQUEUE_MAX_REQUEST_MB", "1")
+    rows = [[1.0] * 300 for _ in range(2000)]  # 3 MB
+    big = {**TRAIN, "dataset": {"inline": {"inputs": rows, "labels": [0, 1] * 1000}}}
+
+    def streamed() -> Iterator[bytes]:  # no Content-Length
+        yield b'{"model_name": "m", "inputs": ['
+        for _ in range(200_000):
+            yield b'"abcdefgh", '
+        yield b'"z"]}'
+
+    for response in (
+        api_client.post("/v1/jobs/train", json=big),
+        api_client.post(
+            "/v1/jobs/predict", content=streamed(), headers={"content-type": "application/json"}
+        ),
+    ):
+        assert response.headers["content-type"] == "application/json"
+        assert _check(response, 413) == {
+            "type": "too_large",
+            "detail": "the request body is over the limit of 1 MB",
+        }
