@@ -1,5 +1,6 @@
-"""SQLAlchemy 2.0 typed models. Rows never leave ``shared.db.store``: it returns pydantic
-objects. Schema changes are Alembic migrations under ``migrations/``."""
+"""SQLAlchemy 2.0 typed models. Rows never leave the module that reads them (``jobs``,
+``model_registry``, ``fleet``, ``keys``): they return pydantic objects. Schema changes
+are Alembic migrations under ``migrations/``."""
 
 from __future__ import annotations
 
