@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api import errors
+from api.batcher import Batcher
 from api.limits import BodyLimit
 from api.routes import health, jobs, models, predict, workers
-from api.serving import Batcher
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")

@@ -9,7 +9,7 @@ QUEUE_PREDICT = "predict"
 
 TASK_TRAIN = "torchqueue.train"
 TASK_PREDICT = "torchqueue.predict"
-# A batch of sync predictions, coalesced by the API (``shared.serving``).
+# A batch of sync predictions, coalesced by the API (``shared.schemas.ServeBatch``).
 TASK_SERVE = "torchqueue.serve"
 
 # Kombu keeps its own keys in the broker database; ours carry this prefix.

@@ -1,18 +1,23 @@
-"""Sending a recorded job's message, by task name: the sender holds no task code. Used by
-the API when a job is submitted and by the reaper when a job must be sent again."""
+"""Sending messages by task name: the sender holds no task code. ``send_job`` sends a
+recorded job (the API when a job is submitted, the reaper when a job must be sent again);
+``send_batch`` sends a batch of sync predictions that the API coalesced
+(``api.batcher``). Both give up after the same few quick tries."""
 
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
+from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
-from shared.celery_app import get_celery
-from shared.constants import TASK_PREDICT, TASK_TRAIN
+from shared.celery_app import create_celery, get_celery
+from shared.config import get_settings
+from shared.constants import JOBS_HEADER, TASK_PREDICT, TASK_SERVE, TASK_TRAIN
 from shared.errors import Unavailable
 from shared.jobstate import JobKind
-from shared.routing import broker_priority
-from shared.schemas import JobOut
+from shared.routing import SERVE_PRIORITY, broker_priority
+from shared.schemas import JobOut, ServeBatch
 
 log = logging.getLogger(__name__)
 
@@ -40,4 +45,36 @@ def send_job(job: JobOut) -> None:
         )
     except (BrokerError, OSError) as exc:
         log.warning("could not send job %s: %s", job.id, exc)
+        raise Unavailable(f"the broker cannot be reached: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def _batch_sender(app: Celery) -> Celery:
+    """The app that sends batches: ``app``'s settings without Celery's ``task-sent``
+    event, which would cost a second message for each batch (the worker's events still
+    show it in Flower). One for each app ``get_celery`` makes, so that it follows the
+    settings as that app does when they are read again."""
+    sender = create_celery(get_settings())
+    sender.conf.task_send_sent_event = False
+    return sender
+
+
+def send_batch(batch: ServeBatch, batch_id: str) -> None:
+    """Send a batch to its queue; the header lists its jobs, so that the reaper knows the
+    broker holds them. Raises ``Unavailable`` when the broker cannot take it."""
+    ids = [i.id for i in batch.items]
+    try:
+        _batch_sender(get_celery()).send_task(
+            TASK_SERVE,
+            args=[batch.model_dump(mode="json")],
+            task_id=batch_id,
+            queue=batch.queue,
+            priority=broker_priority(SERVE_PRIORITY),
+            headers={JOBS_HEADER: ids},
+            argsrepr=f"[{len(ids)} requests]",
+            kwargsrepr=repr({"model": batch.model, "version": batch.version}),
+            retry=True,
+            retry_policy=RETRY,
+        )
+    except (BrokerError, OSError) as exc:
         raise Unavailable(f"the broker cannot be reached: {exc}") from None

@@ -1,11 +1,20 @@
-"""Job ends, told over Redis pub/sub: a worker publishes on ``job-done:<id>`` when a job
-ends, and an API request waiting for that job wakes at once instead of polling the
-database. The database stays the record: a waiter that misses a message (published
-before it subscribed, or lost) still reads the job's state, and polls slowly meanwhile."""
+"""Told over Redis pub/sub, on the broker's Redis.
+
+Job ends: a worker publishes on ``job-done:<id>`` when a job ends, and an API request
+waiting for that job wakes at once instead of polling the database. The database stays
+the record: a waiter that misses a message (published before it subscribed, or lost)
+still reads the job's state, and polls slowly meanwhile.
+
+Answers of sync predictions: a worker publishes the answers of a batch on the reply
+channel of the API process that waits for them (``encode_reply``; that process's
+``api.batcher.Replies`` reads them with ``decode_reply``). They carry the final response
+bodies, so the API passes them on without reading or re-encoding them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +39,26 @@ def _client(url: str) -> redis.Redis:
 def publish(channel: str, data: bytes) -> None:
     """Publish on the broker's Redis; raises ``redis.RedisError``."""
     _client(get_settings().broker_url).publish(channel, data)
+
+
+# --- answers: a JSON line of (job id, HTTP status, body length), then the bodies -------
+
+
+def encode_reply(answers: list[tuple[str, int, bytes]]) -> bytes:
+    head = json.dumps([[job_id, status, len(body)] for job_id, status, body in answers])
+    return b"".join([head.encode(), b"\n", *(body for _, _, body in answers)])
+
+
+def decode_reply(data: bytes) -> list[tuple[str, int, bytes]]:
+    head, _, rest = data.partition(b"\n")
+    answers, offset = [], 0
+    for job_id, status, length in json.loads(head):
+        answers.append((str(job_id), int(status), rest[offset : offset + length]))
+        offset += length
+    return answers
+
+
+# --- job ends --------------------------------------------------------------------------
 
 
 def job_done(job_id: str) -> None:

@@ -21,6 +21,8 @@ DEFAULT_POOL = "default"
 # What a pool may be called: it becomes part of queue names.
 POOL_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 PRIORITY_LEVELS = 10
+# A sync prediction waits in front of everything else in its queue.
+SERVE_PRIORITY = 9
 
 
 def memory_tier(min_gb: float) -> int:

@@ -159,6 +159,19 @@ class TrainSpec(_Strict):
 
 # Bytes per element of the dtypes a typed tensor may carry.
 TENSOR_DTYPES = {"float16": 2, "float32": 4, "float64": 8}
+# The validation context of a message whose reader decodes every tensor's bytes itself,
+# and checks them as it does (a prediction worker: ``workers.tensors.decode``): a
+# tensor's size is then checked from the length of its base64, so that its bytes are
+# decoded once, not twice.
+_BYTES_READ_LATER = "tensor_bytes_read_later"
+BYTES_READ_LATER = {_BYTES_READ_LATER: True}
+
+
+def _base64_size(data: str) -> int:
+    """How many bytes standard base64 ``data`` holds, from its length and padding."""
+    if len(data) % 4:
+        raise ValueError("data is not standard base64")
+    return len(data) // 4 * 3 - data.endswith("=") - data.endswith("==")
 
 
 # The one rule for a typed tensor's shape: the wire model below, and
@@ -180,10 +193,13 @@ class Tensor(_Strict):
     @field_validator("data")
     @classmethod
     def _size(cls, data: str, info: ValidationInfo) -> str:
-        try:
-            size = len(base64.b64decode(data, validate=True))
-        except (binascii.Error, ValueError):
-            raise ValueError("data is not standard base64") from None
+        if info.context and info.context.get(_BYTES_READ_LATER):
+            size = _base64_size(data)
+        else:
+            try:
+                size = len(base64.b64decode(data, validate=True))
+            except (binascii.Error, ValueError):
+                raise ValueError("data is not standard base64") from None
         dtype, shape = info.data.get("dtype"), info.data.get("shape")
         if dtype is not None and shape is not None:
             need = math.prod(shape) * TENSOR_DTYPES[dtype]
@@ -256,6 +272,33 @@ class ServeRequest(_Strict):
         "(default TORCHQUEUE_PREDICT_TIMEOUT_SECONDS, 10)",
     )
     pool: PoolName = DEFAULT_POOL
+
+
+# --- sync predictions, between the API and the prediction workers -------------------
+
+
+class ServeItem(_Strict):
+    """One request of a batch of sync predictions: its job id, its inputs and output
+    format as the caller sent them (``ServeRequest``'s, and ``PredictSpec``'s, types), the
+    key that sent it and when the API received it."""
+
+    id: str
+    inputs: PredictInputs
+    outputs: OutputFormat
+    by: str | None
+    at: datetime
+
+
+class ServeBatch(_Strict):
+    """What a serve message carries: a model, the version asked for (a number, or
+    ``latest``, which the worker resolves when it runs the batch), the queue it was sent
+    to, the reply channel of the API process that waits, and its requests."""
+
+    model: ModelName
+    version: Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"]
+    queue: str
+    reply: str
+    items: list[ServeItem] = Field(min_length=1)
 
 
 class PredictionOut(BaseModel):

@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 
-from api.serving import SERVED_TTL_SECONDS
+from api.batcher import SERVED_TTL_SECONDS
 from shared.artifacts import open_store
+from shared.celery_app import get_celery
+from shared.constants import TASK_SERVE
 from shared.db import jobs, model_registry
 from shared.db.session import session_scope
 from shared.jobstate import JobKind
 from shared.processes import stop as stop_process
+from shared.routing import predict_queue
 from shared.schemas import TrainRequest
 from shared.validation import resolve_train
 from tests.fleet import Fleet
@@ -212,6 +215,25 @@ def test_what_the_worker_refuses_is_422_and_recorded(
     assert error["type"] == "bad_data" and "NaN" in error["detail"]
     job = recorded(api_client, error["job_id"])
     assert job["state"] == "failed" and job["error"]["type"] == "bad_data"
+
+
+def test_a_message_that_is_not_a_batch_is_refused_and_the_worker_serves_on(
+    api_client: Any, worker: Path, iris: str
+) -> None:
+    bad = {"model": iris, "version": "latest", "queue": "predict.default", "reply": "nobody",
+           "items": [{"id": "x", "inputs": "not rows", "outputs": "json"}]}  # fmt: skip
+    task_id = unique("malformed")
+    get_celery().send_task(TASK_SERVE, args=[bad], task_id=task_id, queue=predict_queue("default"))
+    deadline = time.monotonic() + 30
+    while f"refused serve message {task_id}" not in worker.read_text():
+        assert time.monotonic() < deadline, worker.read_text()[-3000:]
+        time.sleep(0.05)
+    line = next(x for x in worker.read_text().splitlines() if task_id in x and "refused" in x)
+    assert "not a batch of sync predictions" in line and "items.0.inputs" in line, line
+    assert "items.0.by: Field required" in line and "items.0.at: Field required" in line, line
+    assert "Traceback" not in worker.read_text().split(task_id, 1)[1]
+    response = predict(api_client, iris, IRIS)
+    assert response.status_code == 200, response.text
 
 
 def test_unknown_models_versions_and_bad_options(api_client: Any, iris: str) -> None:

@@ -59,8 +59,8 @@ def _child_init(**_: Any) -> None:
 def _record_pending(**_: Any) -> None:
     """As a worker (or a prefork child) stops: record the served predictions still
     waiting to be written."""
-    if "workers.serving" in sys.modules:
-        from workers.serving import close_writer
+    if "workers.result_writer" in sys.modules:
+        from workers.result_writer import close_writer
 
         close_writer()
 

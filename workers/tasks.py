@@ -44,7 +44,8 @@ def predict(self: Any, job_id: str) -> None:
 # No task events for batches of sync predictions: three event messages per batch would
 # double the broker traffic of the fastest path. Each request is a job in the database.
 @shared_task(name=TASK_SERVE, bind=True, send_events=False)
-def serve(self: Any, batch: dict[str, Any]) -> None:
-    from workers.serving import run_batch  # a module, not a package: a cheap lookup
+def serve(self: Any, batch: Any) -> None:
+    from workers.batches import decode_batch, run_batch  # a module, not a package: cheap
 
-    run_batch(batch, worker=_owner(self))
+    if (checked := decode_batch(batch, self.request.id)) is not None:
+        run_batch(checked, worker=_owner(self))

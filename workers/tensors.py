@@ -4,6 +4,7 @@ read into and written from torch tensors without a Python number in between."""
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,17 @@ from shared.schemas import TENSOR_DTYPES
 
 def decode(wire: dict[str, Any]) -> torch.Tensor:
     """A float32 tensor from ``{"dtype", "shape", "data"}``; the sizes were checked by the
-    API, and are checked again here for a message that did not come through it."""
+    API, and are checked again here for a message that did not come through it. A batch
+    of sync predictions is read without decoding its tensors (``BYTES_READ_LATER``): this
+    is where their bytes are decoded, once, and found bad if they are."""
     dtype, shape = wire.get("dtype"), wire.get("shape")
     if dtype not in TENSOR_DTYPES or not isinstance(shape, list):
         raise BadData(f"a tensor needs a dtype of {sorted(TENSOR_DTYPES)} and a shape")
-    raw = base64.b64decode(wire.get("data", ""))
-    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+    try:
+        raw = base64.b64decode(wire.get("data", ""))
+        array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+    except (binascii.Error, ValueError):
+        raise BadData(f"the tensor's data is not standard base64 of {dtype} values") from None
     if array.size != int(np.prod(shape)):
         raise BadData(f"the tensor's data holds {array.size} values; its shape {shape} needs more")
     x = torch.from_numpy(array.astype(np.float32).reshape(shape))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from api.auth import PredictSubmit
-from api.serving import Batcher, Outcome
+from api.batcher import Batcher, Outcome
 from shared.config import get_settings
 from shared.db import jobs, model_registry
 from shared.db.session import session_scope
@@ -24,11 +24,10 @@ from shared.schemas import (
     ErrorOut,
     JobOut,
     PredictionOut,
+    ServeItem,
     ServeRequest,
-    Tensor,
     input_rows,
 )
-from shared.serving import Batch, Item, job_record
 from shared.validation import check_inputs
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -63,8 +62,10 @@ async def predict(
     if timeout > settings.max_wait_seconds:
         limit = settings.max_wait_seconds
         raise InvalidSpec(f"timeout is at most {limit} seconds", field="timeout")
-    inputs = req.inputs.model_dump() if isinstance(req.inputs, Tensor) else req.inputs
-    item = Item(str(uuid.uuid4()), inputs, req.outputs, who.key_id, now().isoformat())
+    # Built, not validated again: ``req`` holds the item's fields, of the item's own types.
+    item = ServeItem.model_construct(
+        id=str(uuid.uuid4()), inputs=req.inputs, outputs=req.outputs, by=who.key_id, at=now()
+    )
     batcher: Batcher = request.app.state.batcher
     future = await batcher.submit(name, version, req.pool, item, input_rows(req.inputs))
     try:
@@ -76,24 +77,23 @@ async def predict(
             batcher.abandon(item, future)
     if outcome.status != 202:
         return Response(outcome.body, status_code=outcome.status, media_type=JSON)
-    job = await run_in_threadpool(
-        _record_waiting, name, version, req.pool, item, req.inputs, outcome.message
-    )
+    job = await run_in_threadpool(_record_waiting, name, version, req.pool, item, outcome.message)
     if job.state is JobState.succeeded and job.result is not None:  # it ended meanwhile
         done = PredictionOut.model_validate({"job_id": job.id, **job.result})
         return Response(done.model_dump_json(exclude_none=True), media_type=JSON)
     return Response(job.model_dump_json(), status_code=202, media_type=JSON)
 
 
-def _record_waiting(
-    name: str, version: int | str, pool: str, item: Item, inputs: list[Any] | Tensor, why: str
-) -> JobOut:
+def _record_waiting(name: str, version: int | str, pool: str, item: ServeItem, why: str) -> JobOut:
     """The job of a request that is not answered now: recorded as queued, so that the
-    caller can poll it (its worker finishes it when it runs). Inputs the version cannot
-    take are refused here as the worker would refuse them."""
+    caller can poll it (its worker finishes it when it runs, or the reaper sends it again
+    as a job). Inputs the version cannot take are refused here as the worker would
+    refuse them."""
     with session_scope() as s:
         target = model_registry.get_model_version(s, name, version)
-        check_inputs(inputs, target.input_schema)
-        batch = Batch(name, target.version, predict_queue(pool), "", [item])
-        record = job_record(batch, item, JobState.queued, stamp=now(), message=why)
+        check_inputs(item.inputs, target.input_schema)
+        record = jobs.served_record(
+            item, JobState.queued, model=name, version=target.version,
+            queue=predict_queue(pool), stamp=now(), message=why,
+        )  # fmt: skip
         return jobs.record_waiting(s, record)

@@ -10,6 +10,7 @@ Births:
 - ``record_waiting``: a sync prediction whose caller stopped waiting, born ``queued``.
 - ``record_served``: sync predictions as their worker ran them, born ended, or ending a
   waiting record through the served edge (``jobstate.SERVED_FROM``).
+Both take the rows that ``served_record`` makes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from shared.jobstate import (
     JobState,
     now,
 )
-from shared.schemas import JobEventOut, JobOut, JobPage
+from shared.routing import SERVE_PRIORITY
+from shared.schemas import JobEventOut, JobOut, JobPage, PredictSpec, ServeItem
 
 from .models import Job, JobEvent
 
@@ -196,10 +198,56 @@ def create_job(
     return job_out(row)
 
 
+def served_record(
+    item: ServeItem,
+    state: JobState,
+    *,
+    model: str,
+    version: int,
+    queue: str,
+    stamp: datetime,
+    message: str,
+    worker: str | None = None,
+    started: datetime | None = None,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``jobs`` row of one sync prediction of ``model`` v``version`` (resolved), for
+    ``record_waiting`` or ``record_served``: column → value. Its ``spec`` is made by
+    ``PredictSpec``, which the reaper reads back when it sends a waiting prediction again
+    as a job (``workers.jobs.run_predict_job``): the two cannot drift apart."""
+    spec = PredictSpec(model_name=model, version=version, inputs=item.inputs,
+                       outputs=item.outputs)  # fmt: skip
+    finished = state.is_terminal()
+    return {
+        "id": item.id,
+        "kind": JobKind.predict,
+        "state": state,
+        "model_name": model,
+        "model_version": version,
+        "spec": spec.model_dump(mode="json"),
+        "queue": queue,
+        "progress": None,
+        "result": result,
+        "error": error,
+        "attempts": 1 if finished else 0,
+        "max_attempts": 3,
+        "priority": SERVE_PRIORITY,
+        "usage": usage,
+        "worker": worker,
+        "message": message,
+        "submitted_by": item.by,
+        "created_at": item.at,
+        "updated_at": stamp,
+        "started_at": started,
+        "finished_at": stamp if finished else None,
+    }
+
+
 def record_waiting(session: Session, record: dict[str, Any]) -> JobOut:
-    """A sync prediction whose caller stops waiting, born queued (the record of
-    ``shared.serving.job_record``), unless its worker recorded it first; return the job
-    as it is now."""
+    """A sync prediction whose caller stops waiting, born queued (a ``served_record``),
+    unless its worker recorded it first; return the job as it is now."""
     if record["state"] not in BORN_AS:
         raise ValueError(f"a waiting prediction is born queued, not {record['state']}")
     if session.get(Job, record["id"], populate_existing=True) is None:

@@ -10,7 +10,14 @@ from shared.db import jobs
 from shared.db.jobs import transition
 from shared.db.session import session_scope
 from shared.jobstate import ALLOWED_FROM, TERMINAL, JobKind, JobState, now
-from shared.serving import Batch, Item, job_record
+from shared.schemas import (
+    BYTES_READ_LATER,
+    PredictSpec,
+    ServeBatch,
+    ServeItem,
+    ServeRequest,
+    Tensor,
+)
 from tests.helpers import unique
 
 
@@ -71,10 +78,39 @@ def test_an_impossible_narrowing_is_refused() -> None:
 
 
 def _served(state: JobState, job_id: str | None = None) -> dict[str, Any]:
-    item = Item(job_id or str(uuid.uuid4()), [[1.0]], "json", None, now().isoformat())
-    batch = Batch(unique("served"), 1, "predict.default", "", [item])
-    return job_record(batch, item, state, stamp=now(), message="served", worker="w@host",
-                      started=now(), result={"outputs": []})  # fmt: skip
+    item = ServeItem(id=job_id or str(uuid.uuid4()), inputs=[[1.0]], outputs="json", by=None,
+                     at=now())  # fmt: skip
+    return jobs.served_record(item, state, model=unique("served"), version=1,
+                              queue="predict.default", stamp=now(), message="served",
+                              worker="w@host", started=now(), result={"outputs": []})  # fmt: skip
+
+
+TENSOR = {"dtype": "float32", "shape": [1, 2], "data": "AACAPwAAAEA="}
+
+
+@pytest.mark.parametrize("inputs", [[[1.0, 2.0], [3.5, -4.0]], ["a text", "another"], TENSOR])
+@pytest.mark.parametrize("through", ["the API", "a message"])
+def test_a_served_records_spec_is_the_job_it_is_sent_again_as(inputs: Any, through: str) -> None:
+    """A waiting prediction whose batch is lost is sent again by the reaper as a job, whose
+    worker reads the stored spec with ``PredictSpec.model_validate``."""
+    req = ServeRequest.model_validate({"inputs": inputs, "outputs": "tensor"})
+    item = ServeItem.model_construct(  # as the route makes it
+        id=str(uuid.uuid4()), inputs=req.inputs, outputs=req.outputs, by=None, at=now()
+    )
+    if through == "a message":  # the worker's records come from the message it read
+        batch = ServeBatch(model="m", version="latest", queue="q", reply="r", items=[item])
+        wire = ServeBatch.model_validate(batch.model_dump(mode="json"), context=BYTES_READ_LATER)
+        item = wire.items[0]
+    record = jobs.served_record(
+        item, JobState.queued, model=unique("m"), version=3, queue="q", stamp=now(), message="w"
+    )
+    with session_scope() as s:
+        stored = jobs.record_waiting(s, record).spec
+    spec = PredictSpec.model_validate(stored)
+    assert (spec.model_name, spec.version, spec.outputs) == (record["model_name"], 3, "tensor")
+    got = spec.inputs.model_dump() if isinstance(spec.inputs, Tensor) else spec.inputs
+    assert got == inputs
+    assert spec.model_dump(mode="json") == stored == record["spec"]
 
 
 def _state(job_id: str) -> JobState:

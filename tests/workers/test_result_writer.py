@@ -12,18 +12,19 @@ from shared.db import jobs
 from shared.db.session import session_scope
 from shared.errors import NotFound
 from shared.jobstate import JobState, now
-from shared.serving import Batch, Item, job_record
-from workers.serving import ResultWriter
+from shared.schemas import ServeItem
+from workers.result_writer import ResultWriter
 
 
 def _records(n: int) -> list[dict[str, Any]]:
     items = [
-        Item(str(uuid.uuid4()), [[1.0, 2.0]], "json", None, now().isoformat()) for _ in range(n)
+        ServeItem(id=str(uuid.uuid4()), inputs=[[1.0, 2.0]], outputs="json", by=None, at=now())
+        for _ in range(n)
     ]
-    batch = Batch("written", 1, "predict.default", "", items)
     return [
-        job_record(batch, item, JobState.succeeded, stamp=now(), message="1 outputs",
-                   worker="w", started=now(), result={"outputs": [{"value": 1.0}]})
+        jobs.served_record(item, JobState.succeeded, model="written", version=1,
+                           queue="predict.default", stamp=now(), message="1 outputs",
+                           worker="w", started=now(), result={"outputs": [{"value": 1.0}]})
         for item in items
     ]  # fmt: skip
 

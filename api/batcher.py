@@ -1,16 +1,18 @@
 """Sync predictions in the API process: dynamic batching before the broker.
 
 Concurrent requests for the same model, version and pool are sent as one batch message
-(``shared.serving``), so that a burst of callers costs the broker and the worker one
-message and one forward pass, not one each. A request for a model with no batch on its
-way is sent at once (an idle model adds no wait); while a batch is on its way, requests
-gather for at most ``max_wait_ms`` or until they fill ``max_batch_size`` rows, and go
-at once when the last batch comes back. The worker resolves ``latest`` when it runs the
-batch, and checks every request's inputs against that version.
+(a ``shared.schemas.ServeBatch``, by ``shared.enqueue.send_batch``), so that a burst of
+callers costs the broker and the worker one message and one forward pass, not one each.
+A request for a model with no batch on its way is sent at once (an idle model adds no
+wait); while a batch is on its way, requests gather for at most ``max_wait_ms`` or until
+they fill ``max_batch_size`` rows, and go at once when the last batch comes back. The
+worker resolves ``latest`` when it runs the batch, and checks every request's inputs
+against that version.
 
-The answers come back on this process's own Redis channel, one subscription for all
-requests, and carry the response bodies as they will be sent: nothing on a request's
-path reads the database, and nothing here re-encodes an output.
+The answers come back on this process's own Redis channel (``Replies``; their codec is
+``shared.notify``'s), one subscription for all requests, and carry the response bodies
+as they will be sent: nothing on a request's path reads the database, and nothing here
+re-encodes an output.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from shared.config import get_settings
 from shared.constants import REPLY_CHANNEL
 from shared.db import fleet, model_registry
 from shared.db.session import read_scope
+from shared.enqueue import send_batch
 from shared.errors import Unavailable
+from shared.notify import decode_reply
 from shared.routing import predict_queue, waiting_reason
-from shared.schemas import BatchingIn
-from shared.serving import Batch, Item, decode_reply, send_batch
+from shared.schemas import BatchingIn, ServeBatch, ServeItem
 
 log = logging.getLogger(__name__)
 # How long the list of queues that online workers serve, and a model's own batching
@@ -120,7 +123,7 @@ class Replies:
 
 @dataclass
 class _Request:
-    item: Item
+    item: ServeItem
     future: asyncio.Future[Outcome]
 
 
@@ -144,7 +147,7 @@ class Sender:
         self._thread = threading.Thread(target=self._run, name="batch-sender", daemon=True)
         self._thread.start()
 
-    def send(self, batch: Batch) -> asyncio.Future[None]:
+    def send(self, batch: ServeBatch) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put((batch, future))
         return future
@@ -228,7 +231,7 @@ class Batcher:
         self._knobs.pop(model, None)
 
     async def submit(
-        self, model: str, version: int | str, pool: str, item: Item, rows: int
+        self, model: str, version: int | str, pool: str, item: ServeItem, rows: int
     ) -> asyncio.Future[Outcome]:
         """Queue a request for its batch; the future holds its outcome."""
         await self.replies.start()
@@ -284,8 +287,13 @@ class Batcher:
         if not ready:
             return
         queue_name = predict_queue(pool)
-        batch = Batch(model, int(version) if version.isdigit() else version, queue_name,
-                      self.replies.channel, [r.item for r in ready])  # fmt: skip
+        batch = ServeBatch(
+            model=model,
+            version=int(version) if version.isdigit() else version,
+            queue=queue_name,
+            reply=self.replies.channel,
+            items=[r.item for r in ready],
+        )
         for request in ready:
             self.replies.waiting[request.item.id] = request.future
         try:
@@ -305,7 +313,7 @@ class Batcher:
             if not request.future.done():
                 request.future.set_result(Outcome(202, message=why))
 
-    def abandon(self, item: Item, future: asyncio.Future[Outcome]) -> None:
+    def abandon(self, item: ServeItem, future: asyncio.Future[Outcome]) -> None:
         """Its caller stops waiting: its answer, if it comes, is not needed here."""
         self.replies.waiting.pop(item.id, None)
         future.cancel()

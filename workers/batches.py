@@ -1,0 +1,204 @@
+"""Running one batch of sync predictions (a ``shared.schemas.ServeBatch``, coalesced by
+``api.batcher``): resolve the version, check every request's inputs against it, run them
+all in one forward pass, publish each caller's answer to the API process that waits for
+it (``shared.notify``), then hand each request's record to the result writer
+(``workers.result_writer``), which writes them off the callers' path.
+
+The worker resolves the version (``latest`` once per batch) and checks each request
+against it. As on the job route, what is refused before it runs is answered and not
+recorded: an unknown model or version (404), inputs the version cannot take (422, with
+the field). What fails while it runs is answered and recorded as a failed job: data that
+turns out bad (a NaN in a tensor: 422, that request alone), a model that cannot be loaded
+or a forward pass that fails (502, the whole batch). A message that is not a batch is
+refused with a log line: its callers' waits run out, and their jobs, recorded as waiting,
+are sent again as jobs by the reaper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+import redis
+import torch
+from pydantic import ValidationError
+
+from shared import notify
+from shared.db import jobs, model_registry
+from shared.db.session import UNREACHABLE, read_scope
+from shared.errors import BadData, InvalidSpec, JobError, TorchqueueError, Unavailable
+from shared.jobstate import JobState, now
+from shared.schemas import BYTES_READ_LATER, ModelVersionOut, ServeBatch, ServeItem, Tensor
+from shared.validation import check_inputs
+from workers import inference
+from workers.result_writer import writer
+
+log = logging.getLogger(__name__)
+
+
+def decode_batch(payload: object, message_id: str | None = None) -> ServeBatch | None:
+    """The batch a serve message carries, or None (the reason logged) if it carries none.
+    A tensor's bytes are not decoded here: ``workers.tensors.decode`` reads and checks
+    them when the model's input is made."""
+    try:
+        return ServeBatch.model_validate(payload, context=BYTES_READ_LATER)
+    except ValidationError as exc:
+        log.error("refused serve message %s: not a batch of sync predictions: %s",
+                  message_id, _reasons(exc))  # fmt: skip
+        return None
+
+
+def _reasons(exc: ValidationError, most: int = 3) -> str:
+    """What was wrong, where: ``items.0.inputs: Input should be a valid list``. Field
+    names only in the place (not the union members that pydantic names), each once."""
+    reasons: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = [str(p) for p in error["loc"] if isinstance(p, int) or p.isidentifier()]
+        reason = f"{'.'.join(where) or 'the message'}: {error['msg']}"
+        if reason not in reasons:
+            reasons.append(reason)
+    more = f" (and {len(reasons) - most} more)" if len(reasons) > most else ""
+    return "; ".join(reasons[:most]) + more
+
+
+def _error_body(item: ServeItem, error: TorchqueueError) -> bytes:
+    return json.dumps({**error.to_dict(), "job_id": item.id}).encode()
+
+
+class _Run:
+    """One batch on its way: the answers for the callers, then the records for the
+    database (made after the answers are published: the callers do not wait for them)."""
+
+    def __init__(self, batch: ServeBatch, version: int, worker: str) -> None:
+        self.batch, self.version, self.worker = batch, version, worker
+        self.started, self.clock = now(), time.perf_counter()
+        self.answers: list[tuple[str, int, bytes]] = []
+        self.ended: list[tuple[ServeItem, JobState, datetime, str, dict[str, Any]]] = []
+
+    def fail(self, item: ServeItem, status: int, type_: str, detail: str) -> None:
+        body: dict[str, Any] = {"type": type_, "detail": detail, "job_id": item.id}
+        error: dict[str, Any] = {"type": type_, "detail": detail}
+        if status == 422:
+            body["field"] = error["field"] = "inputs"
+        self.answers.append((item.id, status, json.dumps(body).encode()))
+        self.ended.append((item, JobState.failed, now(), detail, {"error": error}))
+
+    def succeed(self, item: ServeItem, outputs: Any, classes: Any, usage: dict[str, Any]) -> None:
+        answer = {"job_id": item.id, "model_name": self.batch.model,
+                  "model_version": self.version, "outputs": outputs}  # fmt: skip
+        if item.outputs == "tensor":
+            answer["classes"] = classes
+        self.answers.append((item.id, 200, json.dumps(answer).encode()))
+        del answer["job_id"]
+        message = f"{usage['samples']} outputs, in a batch of {usage['batch_rows']} rows"
+        self.ended.append(
+            (item, JobState.succeeded, now(), message, {"result": answer, "usage": usage})
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        return [
+            jobs.served_record(
+                item,
+                state,
+                model=self.batch.model,
+                version=self.version,
+                queue=self.batch.queue,
+                stamp=stamp,
+                message=message,
+                worker=self.worker,
+                started=self.started,
+                **outcome,
+            )
+            for item, state, stamp, message, outcome in self.ended
+        ]
+
+
+def run_batch(batch: ServeBatch, worker: str) -> None:
+    """Answer and record every request of a batch."""
+    try:
+        version = _resolve(batch.model, batch.version)
+    except TorchqueueError as exc:  # no such model or version, or no database: no job ran
+        _publish(batch, [(i.id, exc.status, _error_body(i, exc)) for i in batch.items])
+        return
+    run = _Run(batch, version.version, worker)
+    try:
+        model = inference.get_model(version)
+    except Exception as exc:
+        detail = exc.detail if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        type_ = exc.type if isinstance(exc, JobError) else "internal_error"
+        log.error("cannot serve %s v%d: %s", batch.model, version.version, detail)
+        for item in batch.items:
+            run.fail(item, 502, type_, f"the model could not be loaded: {detail}")
+        _finish(run)
+        return
+    ready: list[tuple[ServeItem, torch.Tensor]] = []
+    for item in batch.items:
+        try:
+            # As the API checks a request before it records a job; a tensor's shape is
+            # checked here and its bytes when they are read, once.
+            check_inputs(item.inputs, version.input_schema)
+            inputs = item.inputs.model_dump() if isinstance(item.inputs, Tensor) else item.inputs
+            ready.append((item, model.encode(inputs)))
+        except InvalidSpec as exc:  # refused before it ran, as the job route does
+            run.answers.append((item.id, exc.status, _error_body(item, exc)))
+        except BadData as exc:
+            run.fail(item, 422, exc.type, exc.detail)
+    if ready:
+        _forward(run, model, ready)
+    _finish(run)
+
+
+# Versions are immutable: a number, once read, is kept (``latest`` is read every batch).
+_versions: dict[tuple[str, int], ModelVersionOut] = {}
+
+
+def _resolve(model: str, version: int | str) -> ModelVersionOut:
+    try:
+        with read_scope() as s:
+            if version == "latest":  # one indexed lookup; the version's row is kept
+                version = model_registry.latest_version(s, model) or "latest"
+            if isinstance(version, int) and (model, version) in _versions:
+                return _versions[(model, version)]
+            found = model_registry.get_model_version(s, model, version)
+    except UNREACHABLE as exc:
+        raise Unavailable(f"the database cannot be reached: {exc}") from None
+    if len(_versions) > 1000:
+        _versions.clear()
+    _versions[(model, found.version)] = found
+    return found
+
+
+def _forward(run: _Run, model: Any, ready: list[tuple[ServeItem, torch.Tensor]]) -> None:
+    """All the batch's inputs in one pass; each caller's rows of the outputs back."""
+    x = torch.cat([x for _, x in ready])
+    try:
+        out = inference.forward(model, x)
+    except Exception as exc:
+        log.exception("a batch of %s v%d failed", run.batch.model, run.version)
+        for item, _ in ready:
+            run.fail(item, 502, "internal_error", f"the forward pass failed: {exc}")
+        return
+    usage = {"wall_seconds": time.perf_counter() - run.clock,
+             "batch_requests": len(run.batch.items), "batch_rows": len(x)}  # fmt: skip
+    offset = 0
+    for item, xi in ready:
+        outputs = model.output(out[offset : offset + len(xi)], item.outputs)
+        offset += len(xi)
+        run.succeed(item, outputs, model.classes, {**usage, "samples": len(xi)})
+
+
+def _finish(run: _Run) -> None:
+    """Answer first, record after: the callers do not wait for the database."""
+    _publish(run.batch, run.answers)
+    writer().put(run.records())
+
+
+def _publish(batch: ServeBatch, answers: list[tuple[str, int, bytes]]) -> None:
+    try:
+        notify.publish(batch.reply, notify.encode_reply(answers))
+    except redis.RedisError as exc:
+        # The callers' waits run out, and they find the jobs in the database.
+        log.warning("could not publish the answers of %d requests: %s", len(answers), exc)
