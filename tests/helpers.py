@@ -121,3 +121,12 @@ def wait_job(
             f"not in {until} with {attempts} or more, within {timeout} s"
         )
     return job
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -30,6 +30,12 @@ def _train(client: Any, **extra: Any) -> dict[str, Any]:
     return job
 
 
+def _long_training(client: Any, epochs: int, batch_size: int) -> dict[str, Any]:
+    """A text_lstm job that trains for ``epochs`` (no early stop): seconds per epoch."""
+    training = {"epochs": epochs, "batch_size": batch_size, "early_stopping_patience": None}
+    return _train(client, family="text_lstm", dataset={"builtin": "sentiment"}, training=training)
+
+
 def _workers(client: Any) -> dict[str, dict[str, Any]]:
     return {w["name"]: w for w in client.get("/v1/workers").json()}
 
@@ -89,12 +95,7 @@ def test_predictions_finish_while_a_long_training_runs(api_client: Any, fleet: F
     fleet.worker()
     fleet.worker("--cpu", "--queues", "predict", name="cpu-predict@")
     model = wait(api_client, _train(api_client)["id"])
-    long = _train(
-        api_client,
-        family="text_lstm",
-        dataset={"builtin": "sentiment"},
-        training={"epochs": 200, "batch_size": 2, "early_stopping_patience": None},
-    )
+    long = _long_training(api_client, epochs=200, batch_size=2)
     wait_epoch(api_client, long["id"], 1)
     body = {"model_name": model["model_name"], "inputs": [[5.1, 3.5, 1.4, 0.2]], "wait": 30}
     answer = api_client.post("/v1/jobs/predict", json=body)
@@ -171,12 +172,7 @@ def test_flower_shows_the_job_its_model_and_its_progress(api_client: Any, fleet:
             assert time.monotonic() < deadline, "flower did not start"
             time.sleep(0.2)
     fleet.worker()
-    job = _train(
-        api_client,
-        family="text_lstm",
-        dataset={"builtin": "sentiment"},
-        training={"epochs": 400, "batch_size": 4, "early_stopping_patience": None},
-    )
+    job = _long_training(api_client, epochs=400, batch_size=4)
     wait_epoch(api_client, job["id"], 2)
     seen: dict[str, Any] = {}
     while time.monotonic() < deadline + 30:

@@ -17,7 +17,7 @@ import pytest
 
 from shared import processes
 from shared.processes import free_port
-from tests.helpers import ROOT
+from tests.helpers import ROOT, alive
 
 pytestmark = pytest.mark.slow
 ROLES = ("redis", "api", "worker:train-cpu", "worker:predict-cpu", "reaper", "flower")
@@ -32,19 +32,11 @@ def _processes_with_home(home: Path) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
+            if marker in (entry / "environ").read_bytes().split(b"\0") and alive(int(entry.name)):
                 pids.append(int(entry.name))
         except OSError:
             continue
     return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _banner_pids(text: str) -> dict[str, int]:
@@ -168,7 +160,7 @@ def test_make_up_serves_training_and_prediction_then_stops_on_ctrl_c(tmp_path: P
         assert " ERROR " not in logged and "Traceback" not in logged, child_log
         assert "exited with" not in logged, child_log  # a pool child lost (billiard)
     deadline = time.monotonic() + 10
-    while _processes_with_home(home) or _alive(pids["redis"]):
+    while _processes_with_home(home) or alive(pids["redis"]):
         assert time.monotonic() < deadline, f"left running: {_processes_with_home(home)}"
         time.sleep(0.2)
     assert not (home / "redis.url").exists() and not (home / "up.json").exists()
@@ -192,7 +184,7 @@ def test_nothing_outlives_up_whatever_ends_it(tmp_path: Path, sig: signal.Signal
         os.kill(up.pid, sig)
         up.wait(30)
         deadline = time.monotonic() + 5
-        while left := [pid for pid in started if _alive(pid)]:
+        while left := [pid for pid in started if alive(pid)]:
             assert time.monotonic() < deadline, f"{sig.name}: left running: {left}"
             time.sleep(0.1)
     finally:

@@ -18,7 +18,7 @@ from ops import child_logs
 from ops.supervisor import Child, StartFailed, Supervisor
 from shared import processes
 from shared.processes import free_port
-from tests.helpers import ROOT
+from tests.helpers import ROOT, alive
 
 
 def _up(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -76,14 +76,6 @@ def test_a_process_that_dies_is_named_with_its_last_lines(tmp_path: Path) -> Non
     assert "an earlier run's line" not in message
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal")
 def test_a_child_dies_with_its_parent_even_of_sigkill() -> None:
     """A parent that starts ``sleep`` through ``spawn(die_with_parent=True)``, killed with
@@ -99,10 +91,10 @@ def test_a_child_dies_with_its_parent_even_of_sigkill() -> None:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
         time.sleep(0.5)  # the shim has become `sleep`
-        assert _alive(child) and "sleep" in Path(f"/proc/{child}/cmdline").read_text()
+        assert alive(child) and "sleep" in Path(f"/proc/{child}/cmdline").read_text()
         parent.kill()
     deadline = time.monotonic() + 5
-    while _alive(child):
+    while alive(child):
         assert time.monotonic() < deadline, "the child outlived its parent"
         time.sleep(0.05)
 

@@ -71,13 +71,7 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(spec: TrainSpec, tmp_path:
     assert checkpoints.saved_epoch == stop_after
 
     resumed_from: list[int] = []
-    stop["now"] = False
-    hooks = Hooks(
-        on_epoch=lambda r: trained_epochs.append(r["epoch"]),
-        on_resume=resumed_from.append,
-        checkpointer=checkpoints,
-    )
-    resumed = train(spec, hooks=hooks)
+    resumed = train(spec, hooks=_resuming(checkpoints, trained_epochs, resumed_from))
 
     assert resumed_from == [stop_after]
     assert trained_epochs == [r["epoch"] for r in whole.history]  # none trained twice
@@ -99,6 +93,15 @@ def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path: Path) -> None:
     trained = train(other, hooks=Hooks(checkpointer=checkpoints, on_resume=resumed.append))
     assert resumed == []
     assert len(trained.history) == 3
+
+
+def _resuming(checkpoints: Checkpointer, seen: list[int], resumed_from: list[int]) -> Hooks:
+    """Hooks that note each epoch trained and the epoch a run resumed from."""
+    return Hooks(
+        on_epoch=lambda r: seen.append(r["epoch"]),
+        on_resume=resumed_from.append,
+        checkpointer=checkpoints,
+    )
 
 
 def _stop_after(epoch: int, checkpoints: Checkpointer, seen: list[int]) -> Hooks:
@@ -132,12 +135,7 @@ def test_a_job_resumes_from_its_last_checkpoint_when_short_epochs_were_not_all_s
 
     again = Checkpointer(store, "checkpoints/job/checkpoint", max_share=JOB_SHARE)
     resumed_from: list[int] = []
-    hooks = Hooks(
-        on_epoch=lambda r: seen.append(r["epoch"]),
-        on_resume=resumed_from.append,
-        checkpointer=again,
-    )
-    resumed = train(spec, hooks=hooks)
+    resumed = train(spec, hooks=_resuming(again, seen, resumed_from))
 
     assert resumed_from == [saved]
     assert seen == list(range(1, 21)) + list(range(saved + 1, 31))
