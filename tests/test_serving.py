@@ -203,6 +203,7 @@ def test_inputs_that_do_not_fit_are_refused_with_the_field(
     assert response.status_code == 422, response.text
     error = response.json()
     assert error["field"] == field and words in error["detail"], error
+    assert "job_id" not in error  # refused before it ran: no job to look up
 
 
 def test_what_the_worker_refuses_is_422_and_recorded(
@@ -240,6 +241,7 @@ def test_unknown_models_versions_and_bad_options(api_client: Any, iris: str) -> 
     assert predict(api_client, unique("none"), IRIS).status_code == 404
     response = predict(api_client, iris, IRIS, version=9)
     assert response.status_code == 404 and response.json()["field"] == "version"
+    assert "job_id" not in response.json()
     assert predict(api_client, iris, IRIS, version=0).status_code == 422
     body = {"inputs": IRIS, "timeout": 100_000}
     response = api_client.post(f"/v1/models/{iris}/predict", json=body)

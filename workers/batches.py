@@ -64,8 +64,10 @@ def _reasons(exc: ValidationError, most: int = 3) -> str:
     return "; ".join(reasons[:most]) + more
 
 
-def _error_body(item: ServeItem, error: TorchqueueError) -> bytes:
-    return json.dumps({**error.to_dict(), "job_id": item.id}).encode()
+def _refusal(error: TorchqueueError) -> bytes:
+    """The answer to a request refused before it ran: not recorded, so it names no job
+    (there is none to look up)."""
+    return json.dumps(error.to_dict()).encode()
 
 
 class _Run:
@@ -121,7 +123,7 @@ def run_batch(batch: ServeBatch, worker: str) -> None:
     try:
         version = _resolve(batch.model, batch.version)
     except TorchqueueError as exc:  # no such model or version, or no database: no job ran
-        _publish(batch, [(i.id, exc.status, _error_body(i, exc)) for i in batch.items])
+        _publish(batch, [(i.id, exc.status, _refusal(exc)) for i in batch.items])
         return
     run = _Run(batch, version.version, worker)
     try:
@@ -143,7 +145,7 @@ def run_batch(batch: ServeBatch, worker: str) -> None:
             inputs = item.inputs.model_dump() if isinstance(item.inputs, Tensor) else item.inputs
             ready.append((item, model.encode(inputs)))
         except InvalidSpec as exc:  # refused before it ran, as the job route does
-            run.answers.append((item.id, exc.status, _error_body(item, exc)))
+            run.answers.append((item.id, exc.status, _refusal(exc)))
         except BadData as exc:
             run.fail(item, 422, exc.type, exc.detail)
     if ready:
