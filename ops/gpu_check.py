@@ -74,13 +74,13 @@ def _submit(family: str, dataset: str, training: dict[str, Any]) -> str:
 
 
 def _wait(job_id: str, timeout: float = 1800) -> Any:
-    from shared.db import jobs
+    from shared.db import job_reads
     from shared.db.session import session_scope
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with session_scope() as s:
-            job = jobs.get_job(s, job_id)
+            job = job_reads.get_job(s, job_id)
         if job.state.is_terminal():
             return job
         time.sleep(0.5)

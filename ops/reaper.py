@@ -26,7 +26,7 @@ import redis
 
 from shared.config import get_settings
 from shared.constants import JOBS_HEADER, QUEUE_PREDICT, QUEUE_TRAIN
-from shared.db import jobs, locks
+from shared.db import job_reads, jobs, locks
 from shared.db.session import session_scope
 from shared.enqueue import send_job
 from shared.errors import Unavailable
@@ -94,7 +94,7 @@ class Reaper:
         with session_scope() as db:
             if not locks.acquire_lock(db, LOCK, self.name, 3 * s.reaper_interval_seconds):
                 return done
-            expired = jobs.expired_leases(db, s.lease_seconds)
+            expired = job_reads.expired_leases(db, s.lease_seconds)
         for job in expired:
             with session_scope() as db:
                 action = jobs.reap(db, job, s.lease_seconds)
@@ -108,7 +108,7 @@ class Reaper:
 
     def _resend_lost(self) -> int:
         with session_scope() as db:
-            stale = jobs.stale_queued(db, self.settings.resend_after_seconds)
+            stale = job_reads.stale_queued(db, self.settings.resend_after_seconds)
         if not stale:
             return 0
         try:

@@ -53,6 +53,8 @@ class JobEventKind(enum.StrEnum):
     failed = "failed"
 
 
+# The states in which a worker holds a job (and renews its lease).
+HELD = frozenset({JobState.running, JobState.cancelling})
 TERMINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 
 # to-state -> the states a job may be in for the transition to apply.

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as tdist
 
 from shared.artifacts import open_store
-from shared.db import jobs
+from shared.db import job_reads
 from shared.db.session import session_scope
 from shared.processes import free_port
 from shared.schemas import TrainSpec
@@ -94,7 +94,7 @@ def _follow(rank: int, world: int, port: int, job_id: str) -> int:
 
     cuda = torch_device().type == "cuda"
     with session_scope() as s:
-        spec = TrainSpec.model_validate(jobs.get_job(s, job_id).spec)
+        spec = TrainSpec.model_validate(job_reads.get_job(s, job_id).spec)
     # The leader's checkpoint, read (resuming) but never written here.
     checkpoints = Checkpointer(open_store(), checkpoint_key(job_id))
     _join(rank, world, port, cuda)

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import redis
@@ -26,11 +26,11 @@ from sqlalchemy.orm import Session
 from shared import logs, notify
 from shared.artifacts import open_store
 from shared.config import get_settings
-from shared.db import jobs, model_registry
+from shared.db import job_reads, jobs, model_registry
 from shared.db.session import UNREACHABLE, session_scope
 from shared.enqueue import send_job
 from shared.errors import JobCrashed, JobError, OutOfMemory, Unavailable
-from shared.jobstate import JobState
+from shared.jobstate import TERMINAL, JobState
 from shared.schemas import JobOut, PredictSpec, Tensor, TrainSpec, input_rows
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,9 @@ class Lease:
         there is nothing left to renew, and nothing to warn about."""
         try:
             with session_scope() as s:
-                job = jobs.get_job(s, self.job_id)
+                return _ended_as(s, self.job_id, self.worker, TERMINAL)
         except UNREACHABLE:
             return False
-        return job.state.is_terminal() and job.worker == self.worker
 
     def should_stop(self) -> bool:
         return self.cancel.is_set() or self.lost.is_set() or SHUTDOWN.is_set()
@@ -188,11 +187,12 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _ended_as(session: Session, job_id: str, worker: str, state: JobState) -> bool:
-    """Whether the job already ended in ``state`` as this worker's: an earlier try whose
-    commit reached the database although its answer never came back."""
-    job = jobs.get_job(session, job_id)
-    return job.state is state and job.worker == worker
+def _ended_as(session: Session, job_id: str, worker: str, states: Collection[JobState]) -> bool:
+    """Whether the job has ended in one of ``states`` as this worker's: its outcome just
+    recorded, or an earlier try whose commit reached the database although its answer
+    never came back."""
+    job = job_reads.get_job(session, job_id)
+    return job.state in states and job.worker == worker
 
 
 def _finish(job_id: str, worker: str, lease: Lease, state: JobState, **outcome: Any) -> bool:
@@ -201,7 +201,7 @@ def _finish(job_id: str, worker: str, lease: Lease, state: JobState, **outcome: 
 
     def write(s: Session) -> bool:
         return jobs.finish_job(s, job_id, state, worker=worker, **outcome) or _ended_as(
-            s, job_id, worker, state
+            s, job_id, worker, (state,)
         )
 
     done = _record(job_id, lease, write)
@@ -405,7 +405,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
         ):
             return True
         s.rollback()  # taken away meanwhile, or registered by an earlier try: not again
-        return _ended_as(s, job.id, worker, JobState.succeeded)
+        return _ended_as(s, job.id, worker, (JobState.succeeded,))
 
     if not _record(job.id, lease, register):
         return False

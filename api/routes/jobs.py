@@ -15,7 +15,7 @@ from api.auth import JobsRead, JobsSubmit, PredictSubmit, TrainSubmit, visible
 from api.deps import SessionDep
 from shared.auth import Principal
 from shared.config import get_settings
-from shared.db import fleet, jobs, model_registry
+from shared.db import fleet, job_reads, jobs, model_registry
 from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, InvalidSpec, Unavailable
@@ -60,7 +60,7 @@ def _request_hash(kind: JobKind, body: dict[str, Any]) -> str:
 
 
 def _existing(session: Session, key: str, request_hash: str) -> JobOut | None:
-    found = jobs.find_idempotent(session, key)
+    found = job_reads.find_idempotent(session, key)
     if found is None:
         return None
     job, made_with = found
@@ -163,7 +163,7 @@ def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tup
 
 def _read(job_id: str) -> JobOut:
     with read_scope() as s:
-        return jobs.get_job(s, job_id)
+        return job_reads.get_job(s, job_id)
 
 
 @router.post(
@@ -200,22 +200,22 @@ async def submit_predict(
 
 @router.get("/{job_id}", responses=ERRORS)
 def get_job(job_id: str, session: SessionDep, who: JobsRead) -> JobOut:
-    return visible(jobs.get_job(session, job_id), who)
+    return visible(job_reads.get_job(session, job_id), who)
 
 
 @router.post("/{job_id}/cancel", responses=ERRORS)
 def cancel_job(job_id: str, session: SessionDep, who: JobsSubmit) -> JobOut:
     """A queued job is cancelled at once; a running one becomes ``cancelling`` and its
     worker stops it within a batch. Cancelling a finished job is 409."""
-    visible(jobs.get_job(session, job_id), who)
+    visible(job_reads.get_job(session, job_id), who)
     return jobs.request_cancel(session, job_id, by=who.key_id)
 
 
 @router.get("/{job_id}/events", responses=ERRORS)
 def job_events(job_id: str, session: SessionDep, who: JobsRead) -> list[JobEventOut]:
     """The job's history: queued, claimed, resumed, lease expired, cancelled, finished."""
-    visible(jobs.get_job(session, job_id), who)
-    return jobs.list_events(session, job_id)
+    visible(job_reads.get_job(session, job_id), who)
+    return job_reads.list_events(session, job_id)
 
 
 @router.get("", responses=ERRORS)
@@ -229,7 +229,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Newest first; a key lists its own jobs, admin all."""
-    return jobs.list_jobs(
+    return job_reads.list_jobs(
         session,
         state=state,
         kind=kind,

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.jobstate import JobState, now
+from shared.jobstate import HELD, now
 from shared.schemas import WorkerOut
 
 from .models import Job, Worker
@@ -45,7 +45,7 @@ def list_workers(
     cutoff = now() - timedelta(seconds=offline_after_seconds)
     running = session.execute(
         sa.select(Job.id, Job.worker).where(
-            Job.state.in_([JobState.running, JobState.cancelling]),
+            Job.state.in_(sorted(HELD)),
             Job.heartbeat_at >= now() - timedelta(seconds=lease_seconds),
         )
     ).all()

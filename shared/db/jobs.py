@@ -3,7 +3,7 @@ every other write of a job row goes through this module (a test reads the source
 other module and holds the rule). Each transition is one conditional UPDATE checked
 against the state machine's data in ``shared.jobstate``, so two processes racing for the
 same job cannot both win. Functions take a session (``session_scope`` commits) and
-return pydantic objects, never ORM rows.
+return pydantic objects, never ORM rows; reads are ``shared.db.job_reads``.
 
 Births:
 - ``create_job``: a submitted job, born ``queued``.
@@ -23,10 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.errors import Conflict, NotFound, WorkerLost
+from shared.errors import Conflict, WorkerLost
 from shared.jobstate import (
     ALLOWED_FROM,
     BORN_AS,
+    HELD,
     SERVED_BORN_AS,
     SERVED_FROM,
     TERMINAL,
@@ -36,8 +37,9 @@ from shared.jobstate import (
     now,
 )
 from shared.routing import SERVE_PRIORITY
-from shared.schemas import JobEventOut, JobOut, JobPage, PredictSpec, ServeItem
+from shared.schemas import JobOut, PredictSpec, ServeItem
 
+from .job_reads import get_job, job_out
 from .models import Job, JobEvent
 
 _JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
@@ -47,65 +49,6 @@ _ENDED_BY = {
     JobState.failed: JobEventKind.failed,
     JobState.cancelled: JobEventKind.cancelled,
 }
-_HELD = (JobState.running, JobState.cancelling)
-
-
-def job_out(row: Job) -> JobOut:
-    return JobOut.model_validate(row, from_attributes=True)
-
-
-# --- reads -----------------------------------------------------------------------------
-
-
-def get_job(session: Session, job_id: str) -> JobOut:
-    row = session.get(Job, job_id, populate_existing=True)
-    if row is None:
-        raise NotFound(f"no job '{job_id}'", field="job_id")
-    return job_out(row)
-
-
-def find_idempotent(session: Session, key: str) -> tuple[JobOut, str | None] | None:
-    """The job made for an Idempotency-Key, with the hash of the request that made it."""
-    row = session.scalars(sa.select(Job).where(Job.idempotency_key == key)).first()
-    return None if row is None else (job_out(row), row.request_hash)
-
-
-def list_jobs(
-    session: Session,
-    *,
-    state: JobState | None = None,
-    kind: JobKind | None = None,
-    model_name: str | None = None,
-    submitted_by: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> JobPage:
-    where = []
-    if submitted_by is not None:
-        where.append(Job.submitted_by == submitted_by)
-    if state is not None:
-        where.append(Job.state == state)
-    if kind is not None:
-        where.append(Job.kind == kind)
-    if model_name is not None:
-        where.append(Job.model_name == model_name)
-    total = session.scalar(sa.select(sa.func.count()).select_from(Job).where(*where)) or 0
-    rows = session.scalars(
-        sa.select(Job)
-        .where(*where)
-        .order_by(Job.created_at.desc(), Job.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return JobPage(items=[job_out(r) for r in rows], total=total, limit=limit, offset=offset)
-
-
-def list_events(session: Session, job_id: str) -> list[JobEventOut]:
-    get_job(session, job_id)  # 404 for an unknown job
-    rows = session.scalars(
-        sa.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
-    )
-    return [JobEventOut.model_validate(r, from_attributes=True) for r in rows]
 
 
 def add_event(
@@ -330,7 +273,7 @@ def _held_by(session: Session, job_id: str, worker: str, **values: Any) -> bool:
     """Write ``values`` on a job while ``worker`` holds it (running or cancelling)."""
     result = session.execute(
         sa.update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.state.in_(_HELD))
+        .where(Job.id == job_id, Job.worker == worker, Job.state.in_(sorted(HELD)))
         .values(**values)
     )
     return bool(getattr(result, "rowcount", 0) == 1)
@@ -452,17 +395,6 @@ def requeue(
 # --- the reaper's part -----------------------------------------------------------------
 
 
-def expired_leases(session: Session, lease_seconds: float, limit: int = 500) -> list[JobOut]:
-    cutoff = now() - timedelta(seconds=lease_seconds)
-    rows = session.scalars(
-        sa.select(Job)
-        .where(Job.state.in_(_HELD), Job.heartbeat_at < cutoff)
-        .order_by(Job.heartbeat_at)
-        .limit(limit)
-    )
-    return [job_out(r) for r in rows]
-
-
 def reap(session: Session, job: JobOut, lease_seconds: float) -> str:
     """Settle one job whose lease expired: ``requeued`` (to be sent again), ``failed``
     (out of attempts), ``cancelled`` (it was being cancelled), or ``skipped`` (its worker
@@ -502,18 +434,6 @@ def reap(session: Session, job: JobOut, lease_seconds: float) -> str:
         expired_before=cutoff,
     )
     return "requeued" if moved else "skipped"
-
-
-def stale_queued(session: Session, older_than_seconds: float, limit: int = 500) -> list[JobOut]:
-    """Queued jobs not sent (or re-sent) for a while: the broker may have lost them."""
-    cutoff = now() - timedelta(seconds=older_than_seconds)
-    rows = session.scalars(
-        sa.select(Job)
-        .where(Job.state == JobState.queued, Job.updated_at < cutoff)
-        .order_by(Job.updated_at)
-        .limit(limit)
-    )
-    return [job_out(r) for r in rows]
 
 
 def mark_sent(session: Session, job_id: str, message: str | None = None) -> None:

@@ -1,5 +1,5 @@
-"""SQLAlchemy 2.0 typed models. Rows never leave the module that reads them (``jobs``,
-``model_registry``, ``fleet``, ``keys``): they return pydantic objects. Schema changes
+"""SQLAlchemy 2.0 typed models. Rows never leave the module that reads them (``job_reads``,
+``jobs``, ``model_registry``, ``fleet``, ``keys``): they return pydantic objects. Schema changes
 are Alembic migrations under ``migrations/``."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.db import jobs
+from shared.db import job_reads, jobs
 from shared.db.jobs import transition
 from shared.db.session import session_scope
 from shared.jobstate import ALLOWED_FROM, TERMINAL, JobKind, JobState, now
@@ -38,7 +38,7 @@ def test_a_queued_job_is_claimed_once_however_many_workers_race() -> None:
         wins = list(pool.map(claim, range(8)))
     assert wins.count(True) == 1
     with session_scope() as s:
-        job = jobs.get_job(s, job_id)
+        job = job_reads.get_job(s, job_id)
     assert job.state is JobState.running
     assert job.attempts == 1
     assert job.started_at is not None and job.started_at.tzinfo is not None
@@ -53,7 +53,7 @@ def test_a_finished_job_never_moves_again() -> None:
         with session_scope() as s:
             assert not transition(s, job_id, to)
     with session_scope() as s:
-        job = jobs.get_job(s, job_id)
+        job = job_reads.get_job(s, job_id)
     assert job.state is JobState.succeeded
     assert job.result == {"ok": True}
     assert job.finished_at is not None
@@ -63,7 +63,7 @@ def test_a_queued_job_cannot_succeed_without_being_claimed() -> None:
     job_id = _new_job()
     with session_scope() as s:
         assert not jobs.finish_job(s, job_id, JobState.succeeded, message="no")
-        assert jobs.get_job(s, job_id).state is JobState.queued
+        assert job_reads.get_job(s, job_id).state is JobState.queued
 
 
 def test_terminal_states_have_no_way_out() -> None:
@@ -115,7 +115,7 @@ def test_a_served_records_spec_is_the_job_it_is_sent_again_as(inputs: Any, throu
 
 def _state(job_id: str) -> JobState:
     with session_scope() as s:
-        return jobs.get_job(s, job_id).state
+        return job_reads.get_job(s, job_id).state
 
 
 def test_a_served_prediction_is_born_ended_or_ends_its_waiting_record() -> None:
@@ -127,7 +127,7 @@ def test_a_served_prediction_is_born_ended_or_ends_its_waiting_record() -> None:
     assert _state(born["id"]) is JobState.succeeded
     assert _state(waiting["id"]) is JobState.succeeded
     with session_scope() as s:
-        kinds = [e.kind.value for e in jobs.list_events(s, waiting["id"])]
+        kinds = [e.kind.value for e in job_reads.list_events(s, waiting["id"])]
     assert kinds == ["queued", "succeeded"]
 
 
@@ -167,4 +167,4 @@ def test_a_message_never_changes_an_ended_job() -> None:
     with session_scope() as s:
         jobs.request_cancel(s, job_id)
         jobs.set_message(s, job_id, "later")
-        assert jobs.get_job(s, job_id).message == "cancelled before it started"
+        assert job_reads.get_job(s, job_id).message == "cancelled before it started"

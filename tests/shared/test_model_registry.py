@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shared.db import jobs, model_registry
+from shared.db import job_reads, jobs, model_registry
 from shared.db.session import session_scope
 from shared.errors import NotFound
 from shared.jobstate import JobKind
@@ -59,4 +59,4 @@ def test_unknown_models_and_versions_are_not_found() -> None:
             model_registry.get_model_version(s, name, 7)
         assert missing_version.value.field == "version"
         with pytest.raises(NotFound):
-            jobs.get_job(s, "no-such-job")
+            job_reads.get_job(s, "no-such-job")

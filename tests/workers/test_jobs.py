@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from shared.db import jobs
+from shared.db import job_reads, jobs
 from shared.db.session import session_scope
 from shared.errors import BadData, JobCrashed, OutOfMemory, Unavailable
 from shared.jobstate import JobKind, JobState
@@ -26,7 +26,7 @@ def _run(spec: dict[str, Any]) -> JobOut:
         job = jobs.create_job(s, kind=JobKind.train, model_name="m", spec=spec, queue="t")
     worker_jobs.run_train_job(job.id, worker=unique("test-worker"))
     with session_scope() as s:
-        return jobs.get_job(s, job.id)
+        return job_reads.get_job(s, job.id)
 
 
 def _spec(dataset: dict[str, Any], params: Any = None, **training: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.config import get_settings
-from shared.db import jobs
+from shared.db import job_reads, jobs
 from shared.db.session import session_scope
 from shared.errors import NotFound
 from shared.jobstate import JobState, now
@@ -32,7 +32,7 @@ def _records(n: int) -> list[dict[str, Any]]:
 def _recorded(job_id: str) -> bool:
     try:
         with session_scope() as s:
-            return jobs.get_job(s, job_id).state is JobState.succeeded
+            return job_reads.get_job(s, job_id).state is JobState.succeeded
     except NotFound:
         return False
 
