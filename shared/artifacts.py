@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,24 @@ class ArtifactStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Store the file at ``path`` under ``key`` (moved where it can be: the caller
+        does not use ``path`` again); return its URI."""
+        ...
+
+    def get_file(self, key: str, dest: Path) -> None:
+        """Copy the object at ``key`` to the local file ``dest`` (written whole, or not)."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The object's own file, where the store is a local directory: read it in place."""
+        ...
+
+    def presign(self, key: str, seconds: int = 3600) -> str | None:
+        """A URL that reads the object without credentials for ``seconds``, where the store
+        makes one (S3); None for a local directory."""
+        ...
 
 
 class LocalArtifactStore:
@@ -105,6 +124,41 @@ class LocalArtifactStore:
         except FileNotFoundError:
             raise ModelLoadError(f"artifact {self.uri(key)} is missing") from None
 
+    def put_file(self, key: str, path: Path) -> str:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dest)  # the same file system: a rename, nothing copied
+        except OSError:
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+            os.close(fd)
+            try:
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, dest)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return self.uri(key)
+
+    def get_file(self, key: str, dest: Path) -> None:
+        source = self.local_path(key)
+        if source is None or not source.is_file():
+            raise ModelLoadError(f"artifact {self.uri(key)} is missing")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def presign(self, key: str, seconds: int = 3600) -> str | None:
+        return None
+
 
 class _S3Files(Protocol):
     """The part of ``s3fs.S3FileSystem`` (untyped) that the S3 store calls."""
@@ -116,6 +170,12 @@ class _S3Files(Protocol):
     def info(self, path: str) -> Any: ...
 
     def rm_file(self, path: str) -> Any: ...
+
+    def put_file(self, lpath: str, rpath: str) -> Any: ...
+
+    def get_file(self, rpath: str, lpath: str) -> Any: ...
+
+    def sign(self, path: str, expiration: int) -> Any: ...
 
 
 def s3_filesystem() -> _S3Files:
@@ -231,6 +291,33 @@ class S3ArtifactStore:
         except FileNotFoundError:
             raise ModelLoadError(f"artifact {self.uri(key)} is missing") from None
         return bytes(data)
+
+    def put_file(self, key: str, path: Path) -> str:
+        # s3fs uploads a large file in parts and completes it in one request: the object
+        # appears whole or not at all.
+        with self._reaching():
+            self._files.put_file(str(path), self._path(key))
+        path.unlink(missing_ok=True)
+        return self.uri(key)
+
+    def get_file(self, key: str, dest: Path) -> None:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        os.close(fd)
+        try:
+            with self._reaching():
+                self._files.get_file(self._path(key), tmp)
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            raise ModelLoadError(f"artifact {self.uri(key)} is missing") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def presign(self, key: str, seconds: int = 3600) -> str | None:
+        with self._reaching():
+            return str(self._files.sign(self._path(key), expiration=seconds))
 
 
 def open_store(url: str | None = None) -> ArtifactStore:

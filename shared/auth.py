@@ -14,7 +14,15 @@ import re
 import secrets
 from dataclasses import dataclass
 
-SCOPES = ("jobs:submit", "jobs:read", "models:read", "models:write", "admin")
+SCOPES = (
+    "jobs:submit",
+    "jobs:read",
+    "models:read",
+    "models:write",
+    "datasets:read",
+    "datasets:write",
+    "admin",
+)
 _KEY = re.compile(r"^tq_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
@@ -32,6 +40,11 @@ class Principal:
 
     def allows(self, scope: str) -> bool:
         return self.is_admin or scope in self.scopes
+
+    @property
+    def viewer(self) -> str | None:
+        """Whose records this caller sees: its own key's, or (None) everyone's."""
+        return None if self.is_admin else self.key_id
 
 
 def new_key() -> tuple[str, str, str]:

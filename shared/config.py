@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     max_request_mb: float = 16.0
+    # Data sets: an upload (`POST /v1/datasets`) over this size is refused with 413; it
+    # counts toward no other body limit.
+    max_dataset_mb: float = Field(default=10_240.0, gt=0)
+    # Where a data set may be registered from by URL, read by the workers through fsspec:
+    # prefixes such as `s3://team-data/` (comma-separated). None by default: URL sources
+    # are off until the operator names where they may come from. `file://` and http(s) to
+    # loopback, link-local and private addresses are refused unless a prefix names them
+    # (`file:///srv/data/`, `http://10.0.0.5:9000/`).
+    dataset_url_prefixes: str = ""
+    # Each worker keeps the data sets it read in a local cache by sha256, at most this big
+    # (least recently used first out).
+    dataset_cache_mb: float = Field(default=20_480.0, gt=0)
+    # A data set bigger than this in memory is streamed by row groups during training
+    # instead of loaded whole; the same seed gives the same model either way.
+    dataset_memory_mb: float = Field(default=4096.0, gt=0)
     max_model_params: int = 20_000_000
     max_wait_seconds: float = 300.0
     # Threads torch may use in one worker process (0: let torch decide).
@@ -106,6 +121,10 @@ class Settings(BaseSettings):
         if value is not None and (len(secret) < 16 or "change-me" in secret):
             raise ValueError("use a random secret of at least 16 characters, not a placeholder")
         return value
+
+    @property
+    def url_prefixes(self) -> list[str]:
+        return [p.strip() for p in self.dataset_url_prefixes.split(",") if p.strip()]
 
     @property
     def home_dir(self) -> Path:

@@ -37,6 +37,14 @@ ModelName = Annotated[
         examples=["reviews"],
     ),
 ]
+DatasetName = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        description="letters, digits, '.', '_' and '-'; at most 128; no leading punctuation",
+        examples=["houses"],
+    ),
+]
 Label = int | str | float
 FeatureRow = Annotated[list[float], Field(min_length=1, max_length=10_000)]
 Text = Annotated[str, Field(max_length=20_000)]
@@ -61,17 +69,87 @@ class InlineData(_Strict):
     labels: Annotated[list[Label], Field(min_length=1, max_length=MAX_ROWS)]
 
 
+DatasetVersion = Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"]
+ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class DatasetRef(_Strict):
+    """A stored data set's version: a number, or latest (resolved when the job is
+    submitted, so that a job runs on the version it was given)."""
+
+    name: DatasetName
+    version: DatasetVersion = "latest"
+
+
 class DatasetSpec(_Strict):
-    """Exactly one of ``builtin`` (a name) or ``inline`` (inputs and labels)."""
+    """Exactly one of ``builtin`` (a name), ``inline`` (inputs and labels) or ``name`` (a
+    stored data set, with its ``label`` column)."""
 
     builtin: str | None = Field(None, examples=["iris"])
     inline: InlineData | None = None
+    name: DatasetName | None = Field(None, description="a stored data set (POST /v1/datasets)")
+    version: DatasetVersion = "latest"
+    label: ColumnName | None = Field(None, description="with name: the column to predict")
+    features: list[ColumnName] | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="with name: the input columns (default: every column but the label "
+        "and the text)",
+    )
+    text: ColumnName | None = Field(
+        None, description="with name, for a text family: the column of texts"
+    )
+    validation: DatasetRef | None = Field(
+        None,
+        description="with name: a second data set, with the same columns, to validate on "
+        "instead of a split of this one (training.validation_fraction)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        if (self.builtin is None) == (self.inline is None):
-            raise ValueError("give exactly one of 'builtin' or 'inline'")
+        given = [k for k in ("builtin", "inline", "name") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'builtin', 'inline' or 'name'")
+        if self.name is None:
+            stray = [
+                k
+                for k in ("label", "features", "text", "validation", "version")
+                if k in self.model_fields_set
+            ]
+            if stray:
+                raise ValueError(f"'{stray[0]}' goes with 'name' only")
+        elif self.label is None:
+            raise ValueError("name the label column: 'label'")
         return self
+
+
+class DatasetFile(_Strict):
+    """Where a data set version's bytes are and what they must hash to: what a worker
+    reads. ``sha256`` is None for a URL source never read yet (its first read records
+    it); ``format`` is the stored one (parquet, npy, npz), or the URL source's."""
+
+    name: str
+    version: int
+    uri: str
+    format: str
+    sha256: str | None
+    source: Literal["upload", "url", "inline"] = "upload"
+
+
+class RunDataset(DatasetSpec):
+    """A ``DatasetSpec`` as the worker runs it: a stored data set's version resolved,
+    with its file (and its validation data set's)."""
+
+    file: DatasetFile | None = None
+    validation_file: DatasetFile | None = None
+
+    def lineage(self) -> dict[str, Any] | None:
+        """What a model version trained on this records: the data set version and its
+        sha256 (None for a built-in set)."""
+        if self.file is None:
+            return None
+        return {"name": self.file.name, "version": self.file.version, "sha256": self.file.sha256}
 
 
 class TrainingConfig(_Strict):
@@ -152,7 +230,7 @@ class TrainSpec(_Strict):
     family: str
     params: dict[str, Any]
     task: Task
-    dataset: DatasetSpec
+    dataset: RunDataset
     training: TrainingConfig
     resources: Resources = Field(default_factory=Resources)
 
@@ -239,10 +317,39 @@ def input_rows(inputs: list[Any] | Tensor) -> int:
     return inputs.rows if isinstance(inputs, Tensor) else len(inputs)
 
 
+class PredictDataset(DatasetRef):
+    """A batch prediction's inputs: a stored data set, scored in chunks into a Parquet
+    output (``GET /v1/jobs/{id}/output``), its rows in the data set's order."""
+
+    features: list[ColumnName] | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="the input columns (default: the columns the model was trained on)",
+    )
+    text: ColumnName | None = Field(
+        None,
+        description="for a text model: the column of texts (default: the one it was trained on)",
+    )
+    id: ColumnName | None = Field(
+        None, description="a column copied into the output beside each row's prediction"
+    )
+
+
+class RunPredictDataset(PredictDataset):
+    """A ``PredictDataset`` as the worker runs it: version resolved, its file found."""
+
+    file: DatasetFile
+
+
 class PredictRequest(_Strict):
+    """Inline ``inputs`` (answered in the job's result), or a stored ``dataset`` (scored
+    into a Parquet output): exactly one."""
+
     model_name: ModelName
     version: Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"] = "latest"
-    inputs: PredictInputs
+    inputs: PredictInputs | None = None
+    dataset: PredictDataset | None = None
     outputs: OutputFormat = "json"
     wait: float | None = Field(
         None, ge=0, le=3600, description="seconds to wait for the result before answering 202"
@@ -251,11 +358,18 @@ class PredictRequest(_Strict):
     priority: Priority = 0
     max_attempts: MaxAttempts = 3
 
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictRequest:
+        if (self.inputs is None) == (self.dataset is None):
+            raise ValueError("give exactly one of 'inputs' or 'dataset'")
+        return self
+
 
 class PredictSpec(_Strict):
     model_name: str
     version: int
-    inputs: PredictInputs
+    inputs: PredictInputs | None = None
+    dataset: RunPredictDataset | None = None
     outputs: OutputFormat = "json"
 
 
@@ -374,6 +488,9 @@ class ModelVersionOut(BaseModel):
     sha256: str
     job_id: str
     usage: dict[str, Any] | None
+    dataset: dict[str, Any] | None = Field(
+        None, description="lineage: the data set version it was trained on {name, version, sha256}"
+    )
     created_at: datetime
 
 
@@ -389,6 +506,44 @@ class ModelOut(BaseModel):
 
 class ModelPage(BaseModel):
     items: list[ModelOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class DatasetVersionOut(BaseModel):
+    """A data set version: where its bytes are, what they hash to, what they hold.
+    ``rows``, ``columns`` and ``sha256`` of a URL source are known once a worker has
+    read it."""
+
+    name: str
+    version: int
+    source: Literal["upload", "url", "inline"]
+    format: str
+    uri: str
+    sha256: str | None
+    bytes: int | None
+    rows: int | None
+    columns: list[dict[str, Any]] | None
+    value_counts: dict[str, dict[str, int]] | None = Field(
+        None, description="per column of at most 1000 distinct integers, strings or booleans"
+    )
+    upload_sha256: str | None = Field(None, description="the sha256 of the file as uploaded")
+    created_by: str | None
+    created_at: datetime
+
+
+class DatasetOut(BaseModel):
+    name: str
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    latest_version: int | None
+    versions: list[DatasetVersionOut] | None = None
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
     total: int
     limit: int
     offset: int

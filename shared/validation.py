@@ -19,7 +19,15 @@ from shared.config import get_settings
 from shared.datasets import BUILTIN_DATASETS, BuiltinDataset
 from shared.errors import InvalidSpec
 from shared.families import FAMILIES, Family, Task
-from shared.schemas import InlineData, Inputs, Tensor, TensorShape, TrainRequest, TrainSpec
+from shared.schemas import (
+    InlineData,
+    Inputs,
+    RunDataset,
+    Tensor,
+    TensorShape,
+    TrainRequest,
+    TrainSpec,
+)
 from shared.suggest import unknown_field
 
 _tensor_shape: TypeAdapter[list[int]] = TypeAdapter(TensorShape)
@@ -148,7 +156,7 @@ def resolve_train(req: TrainRequest) -> TrainSpec:
         family=family.name,
         params=params,
         task=task,
-        dataset=req.dataset,
+        dataset=RunDataset.model_validate(req.dataset.model_dump(exclude_unset=True)),
         training=req.training,
         resources=req.resources,
     )

@@ -16,7 +16,8 @@ import torch
 
 from shared.datasets import BUILTIN_DATASETS
 from shared.errors import BadData
-from shared.schemas import DatasetSpec
+from shared.schemas import DatasetFile, DatasetSpec, RunDataset
+from workers import dataset_files
 
 SENTIMENT = Path(__file__).parent / "datasets" / "sentiment.tsv"
 
@@ -62,9 +63,65 @@ def _builtin(name: str) -> RawData:
     return _named(features, bunch.target.tolist(), name)
 
 
+def _numeric(table: Any, columns: list[str], where: str) -> torch.Tensor:
+    """Columns of numbers (arrays of an npz flattened per row) side by side, as one
+    float32 tensor, without a Python loop over rows."""
+    import numpy as np
+
+    parts = []
+    for name in columns:
+        values = np.asarray(table[name])
+        if values.dtype.kind not in "biuf":
+            raise BadData(
+                f"column '{name}' of {where} holds {values.dtype} values, not numbers",
+                field="dataset.features",
+            )
+        parts.append(values.reshape(len(values), -1).astype(np.float32, copy=False))
+    return torch.from_numpy(np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0].copy())
+
+
+def _columns(spec: DatasetSpec, names: list[str], where: str) -> list[str]:
+    label = spec.label or ""
+    if label not in names:
+        raise BadData(
+            f"{where} has no column '{label}'; it has {', '.join(names)}", field="dataset.label"
+        )
+    wanted = spec.features or [n for n in names if n not in (label, spec.text)]
+    for name in [*wanted, *([spec.text] if spec.text else [])]:
+        if name not in names:
+            raise BadData(f"{where} has no column '{name}'", field="dataset.features")
+    return wanted
+
+
+def _stored(spec: DatasetSpec, file: DatasetFile) -> RawData:
+    """A stored data set's inputs and labels, column by column."""
+    path = dataset_files.local_copy(file)
+    where = f"data set '{file.name}' version {file.version}"
+    label = spec.label or ""
+    if file.format in ("npy", "npz"):
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as arrays:
+            table = {n: arrays[n] for n in arrays.files} if file.format == "npz" else {}
+        features = _columns(spec, list(table), where)
+        return RawData(cast(Sequence[Any], _numeric(table, features, where)), table[label].tolist())
+    import pyarrow.parquet as pq
+
+    features = _columns(spec, pq.read_schema(path).names, where)
+    wanted = [spec.text] if spec.text else features
+    table = pq.read_table(path, columns=[*wanted, label])
+    labels = table.column(label).to_pylist()
+    if spec.text:
+        return RawData(table.column(spec.text).to_pylist(), labels)
+    arrays = {n: table.column(n).to_numpy() for n in features}
+    return RawData(cast(Sequence[Any], _numeric(arrays, features, where)), labels)
+
+
 def load(spec: DatasetSpec) -> RawData:
     if spec.builtin is not None:
         return _builtin(spec.builtin)
+    if isinstance(spec, RunDataset) and spec.file is not None:
+        return _stored(spec, spec.file)
     if spec.inline is None:
         raise BadData("the data set has neither 'builtin' nor 'inline'")
     if len(spec.inline.inputs) != len(spec.inline.labels):

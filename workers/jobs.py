@@ -391,6 +391,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
             sha256=saved.sha256,
             job_id=job.id,
             usage=usage,
+            dataset=spec.dataset.lineage(),
         )
         result["model_version"] = version.version
         if jobs.finish_job(
@@ -438,6 +439,12 @@ def _predict(job: JobOut, worker: str, lease: Lease) -> None:
     spec = PredictSpec.model_validate(job.spec)
     with session_scope() as s:
         version = model_registry.get_model_version(s, spec.model_name, spec.version)
+    if spec.dataset is not None:
+        from workers import batch_predict
+
+        batch_predict.run(job, spec, version, worker, lease)
+        return
+    assert spec.inputs is not None  # a PredictSpec has inputs or a data set
     inputs = spec.inputs.model_dump() if isinstance(spec.inputs, Tensor) else spec.inputs
     outputs = inference.predict(version, inputs, spec.outputs)
     result = {"model_name": spec.model_name, "model_version": spec.version, "outputs": outputs}

@@ -15,7 +15,7 @@ from api.auth import JobsRead, JobsSubmit, PredictSubmit, TrainSubmit, visible
 from api.deps import SessionDep
 from shared.auth import Principal
 from shared.config import get_settings
-from shared.db import fleet, job_reads, jobs, model_registry
+from shared.db import datasets, fleet, job_reads, jobs, model_registry
 from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, InvalidSpec, Unavailable
@@ -30,6 +30,7 @@ from shared.schemas import (
     JobPage,
     PredictRequest,
     PredictSpec,
+    RunPredictDataset,
     TrainRequest,
 )
 from shared.validation import check_inputs, resolve_train
@@ -139,11 +140,22 @@ def submit_train(
 def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tuple[JobOut, bool]:
     with session_scope() as s:
         version = model_registry.get_model_version(s, req.model_name, req.version)
-        check_inputs(req.inputs, version.input_schema)
+        scored = None
+        if req.dataset is not None:
+            data = req.dataset
+            found = datasets.get_version(s, data.name, data.version, who.viewer, prefix="dataset.")
+            scored = RunPredictDataset(
+                **data.model_dump(exclude={"version"}),
+                version=found.version,
+                file=datasets.file_of(found),
+            )
+        else:
+            check_inputs(req.inputs or [], version.input_schema)
         spec = PredictSpec(
             model_name=req.model_name,
             version=version.version,
             inputs=req.inputs,
+            dataset=scored,
             outputs=req.outputs,
         )
         return _submit(

@@ -45,6 +45,7 @@ def register_model_version(
     sha256: str,
     job_id: str,
     usage: dict[str, Any] | None = None,
+    dataset: dict[str, Any] | None = None,
     retries: int = 5,
 ) -> ModelVersionOut:
     """Add version N+1 of a model. The model's row is locked while the number is chosen
@@ -76,6 +77,7 @@ def register_model_version(
                     sha256=sha256,
                     job_id=job_id,
                     usage=usage,
+                    dataset=dataset,
                     created_at=stamp,
                 )
                 session.add(row)

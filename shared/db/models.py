@@ -117,6 +117,8 @@ class ModelVersion(Base):
     job_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("jobs.id"))
     # The cost of the job that made this version.
     usage: Mapped[dict[str, Any] | None]
+    # Lineage: the data set version it was trained on, {name, version, sha256}.
+    dataset: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime]
 
 
@@ -174,3 +176,40 @@ class Worker(Base):
     started_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]
+
+
+class Dataset(Base):
+    """A data set's name, and the API key that created it (its owner)."""
+
+    __tablename__ = "datasets"
+
+    name: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    created_by: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DatasetVersion(Base):
+    """A data set's version: an uploaded file (stored as Parquet, or as npy/npz arrays),
+    a job's inline rows, or a URL the workers read (its sha256, rows and columns recorded
+    at its first read)."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (sa.UniqueConstraint("dataset_name", "version", name="uq_dataset_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    dataset_name: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("datasets.name", ondelete="CASCADE")
+    )
+    version: Mapped[int]
+    source: Mapped[str] = mapped_column(sa.String(16))
+    format: Mapped[str] = mapped_column(sa.String(16))
+    uri: Mapped[str] = mapped_column(sa.String(2048))
+    sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    upload_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    rows: Mapped[int | None] = mapped_column(sa.BigInteger)
+    columns: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
+    value_counts: Mapped[dict[str, Any] | None]
+    created_by: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]

@@ -16,6 +16,8 @@ from tests.helpers import drop_postgres, fresh_postgres
 TABLES = {
     "alembic_version",
     "api_keys",
+    "datasets",
+    "dataset_versions",
     "jobs",
     "job_events",
     "locks",
