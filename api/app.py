@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from api import errors
 from api.batcher import Batcher
 from api.limits import BodyLimit
-from api.routes import health, jobs, models, predict, workers
+from api.routes import datasets, health, jobs, models, predict, workers
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")
@@ -47,6 +47,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimit)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(predict.router)
     app.include_router(workers.router)

@@ -1,5 +1,6 @@
 """A request body over ``TORCHQUEUE_MAX_REQUEST_MB`` is refused with 413, before it is
-read into memory: by its Content-Length, or while it streams in."""
+read into memory: by its Content-Length, or while it streams in. A data set's upload,
+which streams to disk, has its own limit (``TORCHQUEUE_MAX_DATASET_MB``) instead."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import response_of
 from shared.config import get_settings
 from shared.errors import TooLarge
+
+# The one route whose body has a limit of its own (api.routes.datasets streams it to disk).
+UPLOAD_PATH = "/v1/datasets"
 
 
 class BodyLimit:
@@ -18,7 +22,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = int(get_settings().max_request_mb * 1024 * 1024)
+        settings = get_settings()
+        upload = scope["method"] == "POST" and scope["path"] == UPLOAD_PATH
+        limit_mb = settings.max_dataset_mb if upload else settings.max_request_mb
+        limit = int(limit_mb * 1024 * 1024)
         length = dict(scope.get("headers") or []).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             await _refuse(scope, receive, send, limit)
@@ -47,5 +54,6 @@ class BodyLimit:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    error = TooLarge(f"the request body is over the limit of {limit // (1024 * 1024)} MB")
+    what = "the data set" if scope["path"] == UPLOAD_PATH else "the request body"
+    error = TooLarge(f"{what} is over the limit of {limit // (1024 * 1024)} MB")
     await response_of(error)(scope, receive, send)

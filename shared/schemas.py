@@ -28,6 +28,7 @@ from shared.families import Task
 from shared.jobstate import JobEventKind, JobKind, JobState
 from shared.routing import DEFAULT_POOL, POOL_PATTERN
 
+NAME_MAX = 128
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ModelName = Annotated[
     str,
@@ -112,11 +113,12 @@ class DatasetSpec(_Strict):
         if len(given) != 1:
             raise ValueError("give exactly one of 'builtin', 'inline' or 'name'")
         if self.name is None:
-            stray = [
-                k
-                for k in ("label", "features", "text", "validation", "version")
-                if k in self.model_fields_set
-            ]
+            # Compared with the defaults, not the fields set: a spec dumped whole and read
+            # back (the job's record) is the same spec.
+            given = {"label": None, "features": None, "text": None, "validation": None}
+            stray = [k for k, default in given.items() if getattr(self, k) != default]
+            if self.version != "latest":
+                stray.append("version")
             if stray:
                 raise ValueError(f"'{stray[0]}' goes with 'name' only")
         elif self.label is None:

@@ -17,9 +17,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from shared.config import get_settings
 from shared.datasets import BUILTIN_DATASETS, BuiltinDataset
+from shared.db.datasets import file_of
 from shared.errors import InvalidSpec
 from shared.families import FAMILIES, Family, Task
 from shared.schemas import (
+    DatasetSpec,
+    DatasetVersionOut,
     InlineData,
     Inputs,
     RunDataset,
@@ -130,7 +133,11 @@ def _check_size(req: TrainRequest, family: Family, params: dict[str, Any], task:
         first = inline.inputs[0]
         n_features = 0 if isinstance(first, str) else len(first)
         n_classes = 1 if task == "regression" else len({str(y) for y in inline.labels})
-    count = family.parameter_count(params, n_features, family.n_outputs(task, n_classes))
+    _check_count(family, params, n_features, family.n_outputs(task, n_classes))
+
+
+def _check_count(family: Family, params: dict[str, Any], n_features: int, n_outputs: int) -> None:
+    count = family.parameter_count(params, n_features, n_outputs)
     limit = get_settings().max_model_params
     if count > limit:
         raise InvalidSpec(
@@ -138,10 +145,157 @@ def _check_size(req: TrainRequest, family: Family, params: dict[str, Any], task:
         )
 
 
-def resolve_train(req: TrainRequest) -> TrainSpec:
-    """Check the request as a whole; raise ``InvalidSpec`` naming the field that is wrong."""
+_FRACTIONAL = ("float", "double", "halffloat", "decimal")
+_NUMERIC = ("int", "uint", "bool", *_FRACTIONAL)
+_TEXT = ("string", "large_string", "utf8", "large_utf8")
+
+
+def _width(column: Mapping[str, Any]) -> int:
+    """Features a column gives each row: 1, or an array column's elements."""
+    return math.prod(int(n) for n in column.get("shape") or [])
+
+
+def _text_column(data: DatasetSpec, columns: dict[str, Any], where: str) -> None:
+    """A text family's column of texts: the one named, else the only one there is."""
+    label = data.label or ""
+    texts = [n for n, c in columns.items() if n != label and c["type"] in _TEXT]
+    text = data.text or (texts[0] if len(texts) == 1 else None)
+    if text is None:
+        raise InvalidSpec(
+            f"name the column of texts among {', '.join(texts) or '(none)'}", field="dataset.text"
+        )
+    if text not in columns or columns[text]["type"] not in _TEXT:
+        raise InvalidSpec(f"{where} has no column of texts '{text}'", field="dataset.text")
+
+
+def _feature_width(data: DatasetSpec, family: Family, columns: dict[str, Any], where: str) -> int:
+    """The input width of the feature columns (named, else every column but the label),
+    each of which must hold numbers."""
+    if data.text is not None:
+        raise InvalidSpec(
+            f"family '{family.name}' takes feature columns, not texts", field="dataset.text"
+        )
+    features = data.features or [n for n in columns if n != data.label]
+    for i, name in enumerate(features):
+        field = f"dataset.features[{i}]" if data.features else "dataset.features"
+        if name not in columns:
+            raise InvalidSpec(f"{where} has no column '{name}'", field=field)
+        if not columns[name]["type"].startswith(_NUMERIC):
+            raise InvalidSpec(
+                f"column '{name}' holds {columns[name]['type']} values, not numbers; "
+                "name the feature columns in dataset.features",
+                field=field,
+            )
+    return sum(_width(columns[n]) for n in features)
+
+
+def _label_task(
+    params: dict[str, Any], label: str, kind: str, counts: dict[str, int] | None
+) -> tuple[Task, str, int]:
+    """The task (asked for, else regression for a fractional label column), the field
+    that decided it, and the number of classes (1 for a regression)."""
+    asked = params.get("task", "auto")
+    fractional = kind.startswith(_FRACTIONAL)
+    task: Task = asked if asked != "auto" else ("regression" if fractional else "classification")
+    decided_by = "params.task" if asked != "auto" else "dataset.label"
+    if task == "regression":
+        if not kind.startswith(_NUMERIC):
+            raise InvalidSpec(
+                f"regression needs numbers; column '{label}' holds {kind}", field="dataset.label"
+            )
+        return task, decided_by, 1
+    if counts is None:
+        raise InvalidSpec(
+            f"column '{label}' has too many distinct values to be classes (over 1000, or "
+            "fractional numbers): for a regression set params.task",
+            field="dataset.label",
+        )
+    if len(counts) < 2:
+        raise InvalidSpec("classification needs at least two classes", field="dataset.label")
+    return task, decided_by, len(counts)
+
+
+def _stored(
+    req: TrainRequest, family: Family, params: dict[str, Any], found: DatasetVersionOut
+) -> tuple[Task, str, int | None, int]:
+    """Check a stored data set's columns against the request; return the task, the field
+    that decided it, the input width (None for texts, 0 when not yet known) and the
+    number of classes (1 for a regression)."""
+    data = req.dataset
+    where = f"data set '{found.name}' version {found.version}"
+    if found.columns is None:  # a URL source that no worker has read yet
+        if params.get("task", "auto") == "auto" and len(family.tasks) > 1:
+            raise InvalidSpec(
+                f"{where} has not been read yet (a URL source): set params.task to "
+                "classification or regression",
+                field="params.task",
+            )
+        return params.get("task", family.tasks[0]), "params.task", 0, 1
+    columns = {c["name"]: c for c in found.columns}
+    label = data.label or ""
+    if label not in columns:
+        raise InvalidSpec(
+            f"{where} has no column '{label}'; it has {', '.join(columns)}", field="dataset.label"
+        )
+    width = None
+    if family.input_kind == "text":
+        _text_column(data, columns, where)
+    else:
+        width = _feature_width(data, family, columns, where)
+    counts = (found.value_counts or {}).get(label)
+    task, decided_by, n_classes = _label_task(params, label, columns[label]["type"], counts)
+    return task, decided_by, width, n_classes
+
+
+def _same_columns(found: DatasetVersionOut, other: DatasetVersionOut) -> None:
+    """A validation data set must have the training set's columns, of the same types."""
+    if found.columns is None or other.columns is None:
+        return
+    theirs = {c["name"]: c["type"] for c in other.columns}
+    for column in found.columns:
+        if theirs.get(column["name"]) != column["type"]:
+            raise InvalidSpec(
+                f"the validation data set lacks column '{column['name']}' of "
+                f"{column['type']} values",
+                field="dataset.validation",
+            )
+
+
+def resolve_train(
+    req: TrainRequest,
+    found: DatasetVersionOut | None = None,
+    validation: DatasetVersionOut | None = None,
+) -> TrainSpec:
+    """Check the request as a whole; raise ``InvalidSpec`` naming the field that is wrong.
+    ``found``: the stored data set version a request names (``validation``: its second
+    one), looked up by the caller."""
     family = _family(req.family)
     params = _params(family, req.params)
+    if req.dataset.name is not None:
+        if found is None:
+            raise InvalidSpec(f"no data set '{req.dataset.name}'", field="dataset.name")
+        task, decided_by, width, n_classes = _stored(req, family, params, found)
+        family.check_task(task, decided_by)
+        if validation is not None:
+            _same_columns(found, validation)
+        if "task" in params:
+            params["task"] = task
+        if width is not None and width > 0:
+            _check_count(family, params, width, family.n_outputs(task, n_classes))
+        dataset = RunDataset.model_validate(
+            req.dataset.model_dump(exclude_unset=True)
+            | {"version": found.version, "file": file_of(found)}
+            | ({"validation_file": file_of(validation)} if validation else {})
+        )
+        return TrainSpec(
+            model_name=req.model_name,
+            family=family.name,
+            params=params,
+            task=task,
+            dataset=dataset,
+            training=req.training,
+            resources=req.resources,
+        )
     if req.dataset.builtin is not None:
         _builtin(req.dataset.builtin, family)
     task, decided_by = _decide_task(req, family, params)

@@ -13,12 +13,13 @@ from sqlalchemy.orm import Session
 
 from api.auth import JobsRead, JobsSubmit, PredictSubmit, TrainSubmit, visible
 from api.deps import SessionDep
+from api.inline import store_inline
 from shared.auth import Principal
 from shared.config import get_settings
 from shared.db import datasets, fleet, job_reads, jobs, model_registry
 from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
-from shared.errors import Conflict, InvalidSpec, Unavailable
+from shared.errors import Conflict, Forbidden, InvalidSpec, Unavailable
 from shared.jobstate import JobKind, JobState
 from shared.notify import wait_until_done
 from shared.routing import predict_queue, train_queue, waiting_reason
@@ -73,14 +74,19 @@ def _existing(session: Session, key: str, request_hash: str) -> JobOut | None:
     return job
 
 
+def _own(who: Principal, key: str) -> str:
+    """An Idempotency-Key as the caller's own, of a fixed length whatever it sent."""
+    return hashlib.sha256(f"{who.key_id}:{key}".encode()).hexdigest()
+
+
 def _submit(
     session: Session, who: Principal, key: str | None, request_hash: str, **create: Any
 ) -> tuple[JobOut, bool]:
     """Record a job (or find the one this key made) and send it; return it and whether
     it is new. The row is committed before its message is sent. Idempotency keys are
     each API key's own: two callers cannot collide."""
-    if key is not None:  # fixed length, whatever the client sent
-        key = hashlib.sha256(f"{who.key_id}:{key}".encode()).hexdigest()
+    if key is not None:
+        key = _own(who, key)
     create["submitted_by"] = who.key_id
     served = fleet.served_queues(session, get_settings().worker_offline_after_seconds)
     if (why := waiting_reason(create["queue"], served)) is not None:
@@ -118,12 +124,30 @@ def submit_train(
 ) -> JobOut:
     """Queue a training job; its model version appears when it succeeds. The same
     ``Idempotency-Key`` with the same body answers 200 with the job it made."""
-    spec = resolve_train(req)
+    found = validation = None
+    if (data := req.dataset).name is not None:
+        if not who.allows("datasets:read"):
+            raise Forbidden(f"the key '{who.name}' lacks the scope datasets:read")
+        found = datasets.get_version(
+            s := session, data.name, data.version, who.viewer, prefix="dataset."
+        )
+        if data.validation is not None:
+            v = data.validation
+            validation = datasets.get_version(
+                s, v.name, v.version, who.viewer, prefix="dataset.validation."
+            )
+    spec = resolve_train(req, found, validation)
+    request_hash = _request_hash(JobKind.train, req.model_dump(mode="json"))
+    if key is not None and (job := _existing(session, _own(who, key), request_hash)):
+        response.status_code = 200
+        return job
+    if data.inline is not None:
+        spec.dataset = store_inline(session, who, spec.model_name, data.inline)
     job, created = _submit(
         session,
         who,
         key,
-        _request_hash(JobKind.train, req.model_dump(mode="json")),
+        request_hash,
         kind=JobKind.train,
         model_name=spec.model_name,
         spec=spec.model_dump(mode="json"),

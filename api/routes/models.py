@@ -85,8 +85,8 @@ def list_families() -> dict[str, Any]:
     }
 
 
-@router.get("/datasets")
-def list_datasets() -> dict[str, Any]:
+@router.get("/builtin-datasets")
+def list_builtin_datasets() -> dict[str, Any]:
     """The built-in data sets."""
     return {
         name: {"input": d.input_kind, "task": d.task, "description": d.description}

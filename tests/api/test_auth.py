@@ -35,8 +35,13 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/models/{name}/predict"): {"jobs:submit", "models:read"},
     ("GET", "/v1/models/{name}/versions/{version}"): {"models:read"},
     ("GET", "/v1/families"): {"models:read"},
-    ("GET", "/v1/datasets"): {"models:read"},
+    ("GET", "/v1/builtin-datasets"): {"models:read"},
     ("GET", "/v1/workers"): {"jobs:read"},
+    ("POST", "/v1/datasets"): {"datasets:write"},
+    ("GET", "/v1/datasets"): {"datasets:read"},
+    ("GET", "/v1/datasets/{name}"): {"datasets:read"},
+    ("GET", "/v1/datasets/{name}/versions/{version}"): {"datasets:read"},
+    ("DELETE", "/v1/datasets/{name}/versions/{version}"): {"datasets:write"},
 }
 
 
