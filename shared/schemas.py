@@ -115,8 +115,8 @@ class DatasetSpec(_Strict):
         if self.name is None:
             # Compared with the defaults, not the fields set: a spec dumped whole and read
             # back (the job's record) is the same spec.
-            given = {"label": None, "features": None, "text": None, "validation": None}
-            stray = [k for k, default in given.items() if getattr(self, k) != default]
+            fields = ("label", "features", "text", "validation")
+            stray = [k for k in fields if getattr(self, k) is not None]
             if self.version != "latest":
                 stray.append("version")
             if stray:

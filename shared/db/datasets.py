@@ -192,7 +192,7 @@ def list_datasets(
             sa.select(DatasetVersion.dataset_name, sa.func.max(DatasetVersion.version))
             .where(DatasetVersion.dataset_name.in_([r.name for r in rows]))
             .group_by(DatasetVersion.dataset_name)
-        ).tuples()
+        ).all()
     )
     items = [
         DatasetOut(
