@@ -155,7 +155,7 @@ def _width(column: Mapping[str, Any]) -> int:
     return math.prod(int(n) for n in column.get("shape") or [])
 
 
-def _text_column(data: DatasetSpec, columns: dict[str, Any], where: str) -> None:
+def _text_column(data: DatasetSpec, columns: dict[str, Any], where: str) -> str:
     """A text family's column of texts: the one named, else the only one there is."""
     label = data.label or ""
     texts = [n for n, c in columns.items() if n != label and c["type"] in _TEXT]
@@ -166,6 +166,7 @@ def _text_column(data: DatasetSpec, columns: dict[str, Any], where: str) -> None
         )
     if text not in columns or columns[text]["type"] not in _TEXT:
         raise InvalidSpec(f"{where} has no column of texts '{text}'", field="dataset.text")
+    return text
 
 
 def _feature_width(data: DatasetSpec, family: Family, columns: dict[str, Any], where: str) -> int:
@@ -217,10 +218,10 @@ def _label_task(
 
 def _stored(
     req: TrainRequest, family: Family, params: dict[str, Any], found: DatasetVersionOut
-) -> tuple[Task, str, int | None, int]:
+) -> tuple[Task, str, int | None, int, str | None]:
     """Check a stored data set's columns against the request; return the task, the field
-    that decided it, the input width (None for texts, 0 when not yet known) and the
-    number of classes (1 for a regression)."""
+    that decided it, the input width (None for texts, 0 when not yet known), the number
+    of classes (1 for a regression) and a text family's column of texts."""
     data = req.dataset
     where = f"data set '{found.name}' version {found.version}"
     if found.columns is None:  # a URL source that no worker has read yet
@@ -230,21 +231,21 @@ def _stored(
                 "classification or regression",
                 field="params.task",
             )
-        return params.get("task", family.tasks[0]), "params.task", 0, 1
+        return params.get("task", family.tasks[0]), "params.task", 0, 1, data.text
     columns = {c["name"]: c for c in found.columns}
     label = data.label or ""
     if label not in columns:
         raise InvalidSpec(
             f"{where} has no column '{label}'; it has {', '.join(columns)}", field="dataset.label"
         )
-    width = None
+    width, text = None, None
     if family.input_kind == "text":
-        _text_column(data, columns, where)
+        text = _text_column(data, columns, where)
     else:
         width = _feature_width(data, family, columns, where)
     counts = (found.value_counts or {}).get(label)
     task, decided_by, n_classes = _label_task(params, label, columns[label]["type"], counts)
-    return task, decided_by, width, n_classes
+    return task, decided_by, width, n_classes, text
 
 
 def _same_columns(found: DatasetVersionOut, other: DatasetVersionOut) -> None:
@@ -274,7 +275,7 @@ def resolve_train(
     if req.dataset.name is not None:
         if found is None:
             raise InvalidSpec(f"no data set '{req.dataset.name}'", field="dataset.name")
-        task, decided_by, width, n_classes = _stored(req, family, params, found)
+        task, decided_by, width, n_classes, text = _stored(req, family, params, found)
         family.check_task(task, decided_by)
         if validation is not None:
             _same_columns(found, validation)
@@ -284,7 +285,7 @@ def resolve_train(
             _check_count(family, params, width, family.n_outputs(task, n_classes))
         dataset = RunDataset.model_validate(
             req.dataset.model_dump(exclude_unset=True)
-            | {"version": found.version, "file": file_of(found)}
+            | {"version": found.version, "text": text, "file": file_of(found)}
             | ({"validation_file": file_of(validation)} if validation else {})
         )
         return TrainSpec(

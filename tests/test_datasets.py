@@ -70,7 +70,7 @@ def test_a_model_trained_on_a_data_set_matches_one_trained_inline(
         )
         assert answer.status_code == 200, answer.text
         right = sum(
-            o["class"] == y for o, y in zip(answer.json()["outputs"], labels[:40], strict=True)
+            o["label"] == y for o, y in zip(answer.json()["outputs"], labels[:40], strict=True)
         )
         assert right >= 34
 
@@ -114,4 +114,4 @@ def test_a_text_model_trains_on_a_column_of_texts(api_client: Any, worker: Path)
     answer = api_client.post(
         f"/v1/models/{body['model_name']}/predict", json={"inputs": ["a good film"]}
     ).json()
-    assert answer["outputs"][0]["class"] == "pos"
+    assert answer["outputs"][0]["label"] == "pos"
