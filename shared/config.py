@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # A data set bigger than this in memory is streamed by row groups during training
     # instead of loaded whole; the same seed gives the same model either way.
     dataset_memory_mb: float = Field(default=4096.0, gt=0)
+    # A batch prediction (a predict job over a data set) reads, scores and writes this
+    # many rows at a time: each chunk's outputs are one object in the artifact store, the
+    # point a job whose worker died resumes from, and the step its progress and
+    # cancellation are checked at.
+    predict_chunk_rows: int = Field(default=131_072, ge=1, le=10_000_000)
     max_model_params: int = 20_000_000
     max_wait_seconds: float = 300.0
     # Threads torch may use in one worker process (0: let torch decide).

@@ -82,13 +82,14 @@ def threads_for(rows: int) -> int:
     return _DEFAULT_THREADS
 
 
-def forward(model: modelio.LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    """One forward pass at a time per process, with the thread count its size wants."""
+def forward(model: modelio.LoadedModel, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """One forward pass at a time per process, with the thread count its size wants, in
+    batches of at most ``batch_size`` rows."""
     with _forward:
         threads = threads_for(len(x))
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        return model.forward(x)
+        return model.forward(x, batch_size)
 
 
 def predict(version: ModelVersionOut, inputs: Any, outputs: str = "json") -> Any:

@@ -442,7 +442,9 @@ def _predict(job: JobOut, worker: str, lease: Lease) -> None:
     if spec.dataset is not None:
         from workers import batch_predict
 
-        batch_predict.run(job, spec, version, worker, lease)
+        ending = batch_predict.run(job, spec, version, worker, lease)
+        if ending is not None and _finish(job.id, worker, lease, ending.state, **ending.outcome):
+            ending.then()
         return
     assert spec.inputs is not None  # a PredictSpec has inputs or a data set
     inputs = spec.inputs.model_dump() if isinstance(spec.inputs, Tensor) else spec.inputs
