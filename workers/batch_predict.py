@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 8192
 # Rows per row group of the combined output (parts smaller than this are merged).
 ROW_GROUP_ROWS = 65_536
+# Dictionary encoding for the class names only: probabilities and values are nearly all
+# distinct, and trying a dictionary on them first costs more than the whole write.
+_DICTIONARY = ["class"]
 
 
 def output_key(job_id: str) -> str:
@@ -411,7 +414,7 @@ def _note_resumed(job_id: str, worker: str, first: int, plan: Plan) -> None:
 
 def _write_part(store: ArtifactStore, key: str, table: pa.Table, tmp: Path) -> None:
     path = tmp / key.rsplit("/", 1)[1]
-    pq.write_table(table, path)
+    pq.write_table(table, path, compression="lz4", use_dictionary=_DICTIONARY)
     store.put_file(key, path)
 
 
@@ -429,7 +432,7 @@ def combine(
     """The parts as one Parquet object, streamed part by part; what the result records."""
     path = tmp / "output.parquet"
     pending: list[pa.Table] = []
-    with pq.ParquetWriter(path, schema) as writer:
+    with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=_DICTIONARY) as writer:
         for index in range(plan.chunks):
             part = _local(store, part_key(job_id, index), tmp)
             pending.append(pq.read_table(part, schema=schema))
