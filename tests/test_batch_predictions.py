@@ -7,8 +7,10 @@ reached, with the same output as a run that was never interrupted."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -18,10 +20,22 @@ from api.client import Client
 from shared.db import model_registry
 from shared.db.session import session_scope
 from shared.jobstate import TERMINAL
+from shared.schemas import TrainRequest
+from shared.validation import resolve_train
 from tests.fleet import Fleet, events, trained_model, wait
 from tests.helpers import unique
-from tests.workers.test_batch_predict import FEATURES, assert_matches, iris_table, store_dataset
+from tests.shared.test_artifacts_s3 import S3, s3  # noqa: F401  the fixture
+from tests.workers.test_batch_predict import (
+    FEATURES,
+    assert_matches,
+    iris_table,
+    predict_job,
+    register,
+    run,
+    store_dataset,
+)
 from workers import inference
+from workers.training import train
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +142,46 @@ def test_a_worker_killed_midway_is_resumed_from_its_last_chunk(
     same = wait(api_client, whole["id"])["result"]["output"]["sha256"]
     assert done["result"]["output"]["sha256"] == same
     print(f"\n[kill -9 mid batch prediction] chunks=500 seen_done={reached} resumed_from={chunk}")
+
+
+def test_from_an_s3_store_parquet_is_a_presigned_url_and_csv_is_streamed(
+    api_client: Any,
+    s3: S3,  # noqa: F811  the fixture imported above
+    setting: Callable[[str, str], None],
+) -> None:
+    """In this process, against moto's S3 server: parts, output and data set are objects."""
+    setting("TORCHQUEUE_PREDICT_CHUNK_ROWS", "50")
+    body = {"model_name": "iris", "family": "mlp", "dataset": {"builtin": "iris"},
+            "training": {"epochs": 5}}  # fmt: skip
+    version = register(train(resolve_train(TrainRequest.model_validate(body))), "mlp")
+    table = iris_table(220, seed=4)
+    found = store_dataset(unique("flowers"), table)
+    job = run(predict_job(version, found, features=FEATURES, id="id"))
+    assert job.state.value == "succeeded", job.error
+    keys = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="fleet/artifacts/outputs/")
+    assert [o["Key"] for o in keys["Contents"]] == [f"fleet/artifacts/outputs/{job.id}.parquet"]
+
+    moved = api_client.get(f"/v1/jobs/{job.id}/output", follow_redirects=False)
+    assert moved.status_code == 303
+    fetched = httpx.get(moved.headers["location"], timeout=10)
+    assert fetched.status_code == 200
+    out = pq.read_table(io.BytesIO(fetched.content))
+    assert out.column("id").equals(table.column("id"))
+    assert_matches(out, _per_row_of(version, table), CLASSES)
+
+    response = api_client.get(f"/v1/jobs/{job.id}/output", headers={"Accept": "text/csv"})
+    assert response.status_code == 200, response.text
+    assert pacsv.read_csv(io.BytesIO(response.content)).equals(
+        pacsv.read_csv(io.BytesIO(_csv_of(out)))
+    )
+
+
+def _per_row_of(version: Any, table: pa.Table) -> list[dict[str, Any]]:
+    rows = zip(*(table.column(f).to_pylist() for f in FEATURES), strict=True)
+    return [inference.predict(version, [list(row)])[0] for row in rows]
+
+
+def _csv_of(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink)
+    return bytes(sink.getvalue().to_pybytes())
