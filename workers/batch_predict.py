@@ -25,6 +25,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,14 @@ def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 )
                 shapes[member.removesuffix(".npy")] = read(f)[0]
     return shapes
+
+
+def _ahead(chunks: Iterator[dict[str, Any]], pool: Executor) -> Iterator[dict[str, Any]]:
+    """The chunks, each read in ``pool`` while the one before it is used."""
+    reading = pool.submit(next, chunks, None)
+    while (chunk := reading.result()) is not None:
+        reading = pool.submit(next, chunks, None)
+        yield chunk
 
 
 def _columns_of(table: pa.Table) -> dict[str, Any]:
@@ -488,13 +497,26 @@ def run(
     if first:
         _note_resumed(job.id, worker, first, plan)
     progress = _Progress(job.id, worker, plan)
-    done = first
-    with tempfile.TemporaryDirectory(dir=get_settings().home_dir, prefix=".predict-") as tmp:
-        for chunk in source.chunks(sel.columns, plan.chunk_rows, first):
+    index = done = first  # the next chunk to score; the chunks whose parts are written
+    # One thread reads the next chunk and writes the last one's part while this one is
+    # scored (pyarrow and torch release the GIL); its directory outlives it.
+    with (
+        tempfile.TemporaryDirectory(dir=get_settings().home_dir, prefix=".predict-") as tmp,
+        ThreadPoolExecutor(1, thread_name_prefix=f"predict-io-{job.id[:8]}") as pool,
+    ):
+        writing: Future[None] | None = None
+        for chunk in _ahead(source.chunks(sel.columns, plan.chunk_rows, first), pool):
             if lease.should_stop():
                 break
-            table = score(model, chunk, sel, done * plan.chunk_rows, out)
-            _write_part(store, part_key(job.id, done), table, Path(tmp))
+            table = score(model, chunk, sel, index * plan.chunk_rows, out)
+            if writing is not None:
+                writing.result()
+                done += 1
+                progress(done)
+            writing = pool.submit(_write_part, store, part_key(job.id, index), table, Path(tmp))
+            index += 1
+        if writing is not None:
+            writing.result()
             done += 1
             progress(done)
         if done < plan.chunks or lease.should_stop():
