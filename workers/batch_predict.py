@@ -462,7 +462,8 @@ def _delete_parts(store: ArtifactStore, job_id: str, chunks: int) -> None:
         store.delete(part_key(job_id, index))
     path = store.local_path(f"outputs/{job_id}")
     if path is not None and path.is_dir():
-        path.rmdir()
+        with contextlib.suppress(OSError):  # not empty: left for whoever wrote there
+            path.rmdir()
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/jobs"): {"jobs:read"},
     ("GET", "/v1/jobs/{job_id}"): {"jobs:read"},
     ("GET", "/v1/jobs/{job_id}/events"): {"jobs:read"},
+    ("GET", "/v1/jobs/{job_id}/output"): {"jobs:read"},
     ("POST", "/v1/jobs/{job_id}/cancel"): {"jobs:submit"},
     ("GET", "/v1/models"): {"models:read"},
     ("GET", "/v1/models/{name}"): {"models:read"},
