@@ -77,7 +77,7 @@ def test_a_data_set_scored_in_many_chunks_comes_back_as_parquet_and_csv(
     assert done["progress"]["chunks_done"] == done["progress"]["chunks"] == 47
 
     out = _parquet(api_client, job["id"])
-    assert out.column_names == ["id", "class", *(f"p_{c}" for c in CLASSES)]
+    assert out.column_names == ["id", "label", *(f"p_{c}" for c in CLASSES)]
     assert out.column("id").equals(table.column("id"))
     expected = _per_row(model, table)
     assert_matches(out, expected, CLASSES)

@@ -10,8 +10,9 @@ one at a time, into ``outputs/<job id>.parquet``, the job succeeds with that out
 result, and the parts are deleted.
 
 The output has the data set's rows in their order. Its columns: the id column when one is
-named (as it is in the data set), then for a classifier ``class`` and one ``p_<class>``
-column per class, or for a regression ``value``. Probabilities are plain columns rather
+named (as it is in the data set), then for a classifier ``label`` (the class, as sync
+predictions name it) and one ``p_<class>`` column per class, or for a regression
+``value``. Probabilities are plain columns rather
 than one list column so that the output converts to CSV (which has no lists) and reads in
 pandas, SQL or a spreadsheet as it is; they are float32, as the model computes them.
 """
@@ -55,7 +56,7 @@ BATCH_ROWS = 8192
 ROW_GROUP_ROWS = 65_536
 # Dictionary encoding for the class names only: probabilities and values are nearly all
 # distinct, and trying a dictionary on them first costs more than the whole write.
-_DICTIONARY = ["class"]
+_DICTIONARY = ["label"]
 
 
 def output_key(job_id: str) -> str:
@@ -311,7 +312,7 @@ def layout(model: LoadedModel, id_name: str | None, id_type: pa.DataType | None)
             classes = pa.array(model.classes)
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers and texts mixed: as texts
             classes = pa.array([str(c) for c in model.classes])
-        fields.append(pa.field("class", classes.type))
+        fields.append(pa.field("label", classes.type))
         fields += [pa.field(f"p_{c}", pa.float32()) for c in model.classes]
     names = [f.name for f in fields]
     if id_name is not None and names.count(id_name) > 1:

@@ -128,7 +128,7 @@ def per_row(version: ModelVersionOut, rows: list[Any]) -> list[dict[str, Any]]:
 
 
 def assert_matches(out: pa.Table, expected: list[dict[str, Any]], classes: list[str]) -> None:
-    assert out.column("class").to_pylist() == [e["label"] for e in expected]
+    assert out.column("label").to_pylist() == [e["label"] for e in expected]
     for c in classes:
         got = out.column(f"p_{c}").to_numpy()
         want = np.array([e["probabilities"][c] for e in expected])
@@ -149,7 +149,7 @@ def test_outputs_match_per_row_predictions_in_order_with_the_id(
     job = run(predict_job(iris_model, found, features=FEATURES, id="id"))
     out = output_of(job)
     classes = ["setosa", "versicolor", "virginica"]
-    assert out.column_names == ["id", "class", *(f"p_{c}" for c in classes)]
+    assert out.column_names == ["id", "label", *(f"p_{c}" for c in classes)]
     assert out.column("id").equals(table.column("id"))
     rows = [list(r) for r in zip(*(table.column(f).to_pylist() for f in FEATURES), strict=True)]
     assert_matches(out, per_row(iris_model, rows), classes)
@@ -195,7 +195,7 @@ def test_columns_default_to_those_the_model_was_trained_on(
         )  # fmt: skip
     out = output_of(run(predict_job(recorded, found)))
     rows = [list(r) for r in zip(*(table.column(f).to_pylist() for f in FEATURES), strict=True)]
-    assert out.column_names == ["class", "p_setosa", "p_versicolor", "p_virginica"]
+    assert out.column_names == ["label", "p_setosa", "p_versicolor", "p_virginica"]
     assert_matches(out, per_row(recorded, rows), ["setosa", "versicolor", "virginica"])
 
 
@@ -269,7 +269,7 @@ def test_a_text_model_reads_its_column_of_texts(
     assert out.column("n").to_pylist() == list(range(7))
     expected = per_row(version, texts)
     classes = [str(c) for c in inference.get_model(version).classes or []]
-    assert out.column("class").to_pylist() == [e["label"] for e in expected]
+    assert out.column("label").to_pylist() == [e["label"] for e in expected]
     for c in classes:
         np.testing.assert_allclose(
             out.column(f"p_{c}").to_numpy(), [e["probabilities"][c] for e in expected], rtol=1e-5
