@@ -6,6 +6,11 @@
         job = tq.wait(job["id"])
         print(tq.predict_now("iris-mlp", [[5.1, 3.5, 1.4, 0.2]])["outputs"])
 
+        tq.upload_dataset("houses.csv", "houses", label="price")
+        job = tq.wait(tq.train_on_dataset("houses-mlp", "mlp", "houses", label="price")["id"])
+        job = tq.wait(tq.predict_dataset("houses-mlp", "houses", id_column="id")["id"])
+        tq.download_output(job["id"], "predictions.parquet")
+
 The URL comes from ``base_url``, else ``TORCHQUEUE_API_URL``, else the URL that a running
 ``torchqueue up`` recorded in its home (``TORCHQUEUE_HOME``), else http://127.0.0.1:8000.
 The API key comes from ``api_key``, else ``TORCHQUEUE_API_KEY``, else the local admin key
@@ -17,9 +22,12 @@ the detail names the URL tried and where it and the key came from.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +37,29 @@ from shared.config import DEFAULT_API_URL, Settings, get_settings
 from shared.jobstate import TERMINAL
 
 Json = dict[str, Any]
+# (bytes so far, bytes in all; None when the server did not say)
+Progress = Callable[[int, int | None], None]
+
+# A data set's format by its file's suffix, and the content type that says it.
+FORMAT_OF_SUFFIX = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".npy": "npy",
+    ".npz": "npz",
+}
+MEDIA_TYPES = {
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "jsonl": "application/x-ndjson",
+    "npy": "application/x-npy",
+    "npz": "application/x-npz",
+}
+# A batch prediction's output, by the suffix of the file it is saved to.
+OUTPUT_TYPES = {".parquet": MEDIA_TYPES["parquet"], ".csv": MEDIA_TYPES["csv"]}
+CHUNK = 1024 * 1024
 
 
 def job_error(job: Json) -> str | None:
@@ -124,25 +155,39 @@ class Client:
         if self._owns_http:
             self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            where = f" ({self.target.url_from})" if self.target else ""
-            detail = f"cannot reach the API at {self.base_url}{where}: {exc or type(exc).__name__}"
-            raise ApiError(0, "unreachable", detail) from None
+    def _unreachable(self, exc: httpx.TransportError) -> ApiError:
+        where = f" ({self.target.url_from})" if self.target else ""
+        detail = f"cannot reach the API at {self.base_url}{where}: {exc or type(exc).__name__}"
+        return ApiError(0, "unreachable", detail)
+
+    def _error(self, response: httpx.Response) -> ApiError:
+        """The ApiError of an error answer (read whole: error bodies are small)."""
         try:
             body = response.json()
         except ValueError:
             body = {"type": "http_error", "detail": response.text[:500]}
+        if not isinstance(body, dict):
+            body = {"detail": body}
+        detail = str(body.get("detail", body))
+        if response.status_code == 401 and self.target:
+            detail = f"{detail} (the API at {self.base_url}; {self.target.key_from})"
+        return ApiError(
+            response.status_code, str(body.get("type", "http_error")), detail, body.get("field")
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
         if response.is_error:
-            detail = str(body.get("detail", body))
-            if response.status_code == 401 and self.target:
-                detail = f"{detail} (the API at {self.base_url}; {self.target.key_from})"
-            raise ApiError(
-                response.status_code, str(body.get("type", "http_error")), detail, body.get("field")
-            )
-        return body
+            raise self._error(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return {"type": "http_error", "detail": response.text[:500]}
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Json:
         body: Json = self._request(method, path, **kwargs)
@@ -206,6 +251,99 @@ class Client:
         path = f"/v1/models/{quote(model_name, safe='')}/predict"
         return self._call("POST", path, params={"version": version}, json=body, timeout=read)
 
+    def train_on_dataset(
+        self,
+        model_name: str,
+        family: str,
+        dataset: str,
+        *,
+        label: str,
+        version: int | str = "latest",
+        features: list[str] | None = None,
+        text: str | None = None,
+        validation: str | None = None,
+        validation_version: int | str = "latest",
+        params: Json | None = None,
+        training: Json | None = None,
+        idempotency_key: str | None = None,
+    ) -> Json:
+        """A training job on a stored data set (``upload_dataset``): ``label`` is the column
+        to predict; ``features`` the input columns (default: all others) or ``text`` the
+        column of texts; ``validation`` a second data set to validate on."""
+        spec: Json = {"name": dataset, "version": version, "label": label}
+        if features is not None:
+            spec["features"] = features
+        if text is not None:
+            spec["text"] = text
+        if validation is not None:
+            spec["validation"] = {"name": validation, "version": validation_version}
+        return self.train(
+            model_name,
+            family,
+            spec,
+            params=params,
+            training=training,
+            idempotency_key=idempotency_key,
+        )
+
+    def predict_dataset(
+        self,
+        model_name: str,
+        dataset: str,
+        *,
+        dataset_version: int | str = "latest",
+        version: int | str = "latest",
+        features: list[str] | None = None,
+        text: str | None = None,
+        id_column: str | None = None,
+    ) -> Json:
+        """A batch prediction over a stored data set: the job; once it has succeeded,
+        ``download_output`` saves its predictions, one row per input row, in order (with
+        ``id_column`` copied beside each)."""
+        spec: Json = {"name": dataset, "version": dataset_version}
+        for key, value in (("features", features), ("text", text), ("id", id_column)):
+            if value is not None:
+                spec[key] = value
+        body: Json = {"model_name": model_name, "version": version, "dataset": spec}
+        return self._call("POST", "/v1/jobs/predict", json=body)
+
+    def download_output(
+        self, job_id: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> Path:
+        """Save a batch prediction's output to ``path``, as Parquet or CSV by its suffix,
+        streamed to disk (from the store's pre-signed URL where the API answers with one)
+        and renamed into place once whole. ``progress(received, total)`` follows it."""
+        dest = Path(path)
+        media_type = OUTPUT_TYPES.get(dest.suffix.lower())
+        if media_type is None:
+            raise ValueError(f"{dest}: an output is saved as .parquet or .csv")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            self._download(job_id, media_type, tmp, progress)
+            if media_type == OUTPUT_TYPES[".csv"] and _is_parquet(tmp):
+                _parquet_to_csv(tmp)  # a pre-signed URL serves the stored Parquet as it is
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def _download(self, job_id: str, media_type: str, tmp: Path, progress: Progress | None) -> None:
+        path = f"/v1/jobs/{quote(job_id, safe='')}/output"
+        headers = {"Accept": media_type}
+        try:
+            with self._http.stream("GET", path, headers=headers, follow_redirects=False) as answer:
+                if answer.is_redirect:
+                    signed = str(answer.url.join(answer.headers["location"]))
+                    _fetch_signed(signed, tmp, progress)
+                    return
+                if answer.is_error:
+                    answer.read()
+                    raise self._error(answer)
+                _save(answer, tmp, progress)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
     def job(self, job_id: str) -> Json:
         return self._call("GET", f"/v1/jobs/{job_id}")
 
@@ -241,6 +379,73 @@ class Client:
                 return job
             time.sleep(poll)
 
+    # --- data sets ---------------------------------------------------------------------
+
+    def upload_dataset(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        *,
+        format: str | None = None,
+        label: str | None = None,
+        progress: Progress | None = None,
+    ) -> Json:
+        """Upload the file at ``path`` as the next version of data set ``name``; its
+        ``DatasetVersionOut``. The file is streamed as the body, a chunk at a time, never
+        read whole; ``progress(sent, total)`` is called after each chunk. The format is
+        ``format`` (csv, parquet, jsonl, npy, npz), else the file's suffix; ``label`` is a
+        column the API checks is there."""
+        source = Path(path)
+        size = source.stat().st_size
+        fmt = format or FORMAT_OF_SUFFIX.get(source.suffix.lower())
+        params = {"name": name, "filename": source.name}
+        if format:
+            params["format"] = format
+        if label:
+            params["label"] = label
+        headers = {
+            "Content-Type": MEDIA_TYPES.get(fmt or "", "application/octet-stream"),
+            "Content-Length": str(size),
+        }
+        # The API reads the whole file before it answers: allow a second a megabyte.
+        base = self._http.timeout
+        timeout = httpx.Timeout(base.connect, read=(base.read or 30.0) + size / 2**20,
+                                write=base.write, pool=base.pool)  # fmt: skip
+        body: Json = self._request(
+            "POST",
+            "/v1/datasets",
+            params=params,
+            headers=headers,
+            content=_chunks(source, size, progress),
+            timeout=timeout,
+        )
+        return body
+
+    def register_dataset_url(self, name: str, url: str, format: str | None = None) -> Json:
+        """A data set version that the workers read from ``url`` (s3://…, under a prefix
+        the operator allows); its sha256, rows and columns are recorded at the first read."""
+        params = {"name": name, "url": url}
+        if format:
+            params["format"] = format
+        return self._call("POST", "/v1/datasets", params=params, content=b"")
+
+    def list_datasets(self, *, limit: int = 50, offset: int = 0) -> Json:
+        return self._call("GET", "/v1/datasets", params={"limit": limit, "offset": offset})
+
+    def get_dataset(self, name: str) -> Json:
+        """A data set with every version."""
+        return self._call("GET", f"/v1/datasets/{quote(name, safe='')}")
+
+    def get_dataset_version(self, name: str, version: int | str = "latest") -> Json:
+        return self._call("GET", f"/v1/datasets/{quote(name, safe='')}/versions/{version}")
+
+    def delete_dataset_version(self, name: str, version: int) -> None:
+        """Refused (409) while a model version trained on it is registered."""
+        self._request("DELETE", f"/v1/datasets/{quote(name, safe='')}/versions/{version}")
+
+    def builtin_datasets(self) -> Json:
+        return self._call("GET", "/v1/builtin-datasets")
+
     # --- models ------------------------------------------------------------------------
 
     def models(self, *, limit: int = 50, offset: int = 0) -> Json:
@@ -258,3 +463,61 @@ class Client:
 
     def ready(self) -> Json:
         return self._call("GET", "/readyz")
+
+
+def _chunks(source: Path, size: int, progress: Progress | None) -> Iterator[bytes]:
+    sent = 0
+    with source.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+            sent += len(chunk)
+            if progress is not None:
+                progress(sent, size)
+
+
+def _save(answer: httpx.Response, dest: Path, progress: Progress | None) -> None:
+    length = answer.headers.get("content-length")
+    total = int(length) if length and length.isdigit() else None
+    received = 0
+    with dest.open("wb") as f:
+        for chunk in answer.iter_bytes(CHUNK):
+            f.write(chunk)
+            received += len(chunk)
+            if progress is not None:
+                progress(received, total)
+
+
+def _fetch_signed(url: str, dest: Path, progress: Progress | None) -> None:
+    """A pre-signed URL carries its own credentials: fetched with no API key."""
+    host = httpx.URL(url).host
+    try:
+        with httpx.stream("GET", url, timeout=60) as answer:
+            if answer.is_error:
+                answer.read()
+                raise ApiError(
+                    answer.status_code, "store_error", f"{host} answered: {answer.text[:300]}"
+                )
+            _save(answer, dest, progress)
+    except httpx.TransportError as exc:
+        raise ApiError(0, "unreachable", f"cannot download the output from {host}: {exc}") from None
+
+
+def _is_parquet(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"PAR1"
+
+
+def _parquet_to_csv(path: Path) -> None:
+    """Rewrite a Parquet file as CSV in place, a row group at a time."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    out = path.with_name(path.name + ".csv")
+    try:
+        parquet = pq.ParquetFile(path)
+        with pa_csv.CSVWriter(out, parquet.schema_arrow) as writer:
+            for i in range(parquet.num_row_groups):
+                writer.write_table(parquet.read_row_group(i))
+        os.replace(out, path)
+    finally:
+        out.unlink(missing_ok=True)

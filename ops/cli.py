@@ -1,6 +1,6 @@
 """The ``torchqueue`` command: run the system (up, api, worker, flower, db) and use it
-(train, predict, jobs, models) through ``api.client``. Heavy imports stay inside commands,
-so that the client commands and the API never load torch. A user's mistake (a setting
+(train, predict, jobs, models, datasets) through ``api.client``. Heavy imports stay inside
+commands, so that the client commands and the API never load torch. A user's mistake (a setting
 that cannot be used, an API that cannot be reached or refuses) is one or two lines and a
 non-zero exit, never a traceback."""
 
@@ -15,6 +15,7 @@ import httpx
 
 from api.client import ApiError
 from ops.client_commands import CLIENT_COMMANDS
+from ops.dataset_commands import datasets
 from shared.config import SettingsError, get_settings
 from shared.routing import DEFAULT_POOL, POOL_PATTERN
 
@@ -248,7 +249,7 @@ def db_upgrade() -> None:
     click.echo(f"database at the latest schema: {url.split('@')[-1]}")
 
 
-for command in CLIENT_COMMANDS:
+for command in [*CLIENT_COMMANDS, datasets]:
     cli.add_command(command)
 
 

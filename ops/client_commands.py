@@ -1,17 +1,19 @@
-"""The client side of the command line: train, predict, jobs, models. Built on
-``api.client``; an error answer prints its detail and field, never a traceback."""
+"""The client side of the command line: train, predict, jobs, models (data sets are in
+``ops.dataset_commands``). Built on ``api.client``; an error answer prints its detail and
+field, never a traceback."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from api.client import ApiError, Client, Json, job_error
+from api.client import FORMAT_OF_SUFFIX, OUTPUT_TYPES, ApiError, Client, Json, job_error
 
 
 def _client(ctx: click.Context) -> Client:
@@ -77,7 +79,9 @@ class ProgressBar:
         self.last = ""
 
     def update(self, job: Json) -> None:
-        line = render(job, shutil.get_terminal_size((100, 20)).columns)
+        self.show(render(job, _columns()))
+
+    def show(self, line: str) -> None:
         if line == self.last:
             return
         self.last = line
@@ -93,15 +97,24 @@ class ProgressBar:
             self.stream.flush()
 
 
+def _columns() -> int:
+    return shutil.get_terminal_size((100, 20)).columns
+
+
+def _bar(fraction: float, width: int = 24) -> str:
+    done = round(min(max(fraction, 0.0), 1.0) * width)
+    return "[" + "#" * done + "." * (width - done) + "]"
+
+
 def render(job: Json, columns: int = 100) -> str:
     progress = job.get("progress") or {}
     state = job["state"]
     fraction = float(progress.get("fraction", 1.0 if state == "succeeded" else 0.0))
-    width = 24
-    done = round(fraction * width)
-    bar = "[" + "#" * done + "." * (width - done) + "]"
-    text = f"{bar} {state}"
-    if progress:
+    text = f"{_bar(fraction)} {state}"
+    if "rows" in progress:  # a batch prediction, chunk by chunk
+        total = progress.get("total_rows", progress.get("rows_total"))
+        text += f" rows {progress['rows']:,}" + (f"/{total:,}" if total is not None else "")
+    elif progress:
         text += f" epoch {progress.get('epoch')}/{progress.get('epochs')}"
         metrics = progress.get("metrics") or {}
         shown = [
@@ -111,6 +124,48 @@ def render(job: Json, columns: int = 100) -> str:
         ]
         text += "  " + " ".join(shown)
     return text[: max(columns - 1, 20)]
+
+
+MB = 1e6
+
+
+def render_transfer(done: int, total: int | None, seconds: float) -> str:
+    """Bytes moved: ``[####....]  45%  120.3/260.0 MB  85.2 MB/s``."""
+    rate = done / MB / seconds if seconds > 0 else 0.0
+    if not total:
+        return f"{done / MB:,.1f} MB  {rate:,.1f} MB/s"
+    fraction = done / total
+    return (
+        f"{_bar(fraction)} {fraction:4.0%}  {done / MB:,.1f}/{total / MB:,.1f} MB  {rate:,.1f} MB/s"
+    )
+
+
+class TransferBar:
+    """A ``Progress`` callback of the client drawing a byte count as a bar: redrawn at
+    most ten times a second on a terminal, once per tenth of the whole elsewhere."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.bar = ProgressBar(stream)
+        self.started = time.monotonic()
+        self.shown_at = 0.0
+        self.step = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        final = total is not None and done >= total
+        if self.bar.tty:
+            if now - self.shown_at < 0.1 and not final:
+                return
+        else:
+            step = done * 10 // total if total else done // (100 * 2**20)
+            if step == self.step and not final:
+                return
+            self.step = step
+        self.shown_at = now
+        self.bar.show(render_transfer(done, total, now - self.started))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _wait_and_report(ctx: click.Context, job: Json, timeout: float | None) -> Json:
@@ -136,9 +191,73 @@ def _summary(job: Json) -> None:
 # --- commands ----------------------------------------------------------------------------
 
 
+def _version(text: str, hint: str) -> int | str:
+    if text == "latest" or (text.isdigit() and int(text) >= 1):
+        return int(text) if text.isdigit() else text
+    raise click.BadParameter(f"a version is a number or latest, not {text!r}", param_hint=hint)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _inline(data_file: str) -> Json:
+    path = Path(data_file)
+    upload = (
+        f"upload it with `torchqueue datasets upload {data_file} --name NAME`, then train "
+        "with `--dataset NAME --label COLUMN`"
+    )
+    if path.suffix.lower() in FORMAT_OF_SUFFIX:
+        raise click.BadParameter(f"{path.name} is a table, not JSON: {upload}", param_hint="--data")
+    try:
+        return {"inline": _loads(path.read_text())}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(
+            f"not JSON ({exc}); for a table (CSV, Parquet, JSON Lines, npy, npz), {upload}",
+            param_hint="--data",
+        ) from None
+
+
+def _stored(
+    dataset: str,
+    version: str,
+    label: str | None,
+    features: str | None,
+    text: str | None,
+    validation: str | None,
+) -> Json:
+    if not label:
+        raise click.UsageError("--dataset needs --label COLUMN: the column to predict")
+    spec: Json = {"name": dataset, "version": _version(version, "--dataset-version")}
+    spec["label"] = label
+    if features:
+        spec["features"] = _names(features)
+    if text:
+        spec["text"] = text
+    if validation:
+        name, _, number = validation.partition(":")
+        spec["validation"] = {
+            "name": name,
+            "version": _version(number or "latest", "--validation-dataset"),
+        }
+    return spec
+
+
 @click.command()
 @click.argument("model_name")
 @click.option("--family", required=True, help="mlp or text_lstm")
+@click.option(
+    "--dataset",
+    help="an uploaded data set (`torchqueue datasets upload`), trained on with --label",
+)
+@click.option("--dataset-version", default="latest", show_default=True)
+@click.option("--label", help="with --dataset: the column to predict")
+@click.option("--features", help="with --dataset: input columns, a,b,c (default: all others)")
+@click.option("--text", "text_column", help="with --dataset, for text families: the text column")
+@click.option(
+    "--validation-dataset",
+    help="with --dataset: NAME[:VERSION] to validate on instead of a split of the data",
+)
 @click.option(
     "--builtin", help="a built-in data set: iris, wine, breast_cancer, digits, diabetes, sentiment"
 )
@@ -146,7 +265,7 @@ def _summary(job: Json) -> None:
     "--data",
     "data_file",
     type=click.Path(exists=True, dir_okay=False),
-    help='a JSON file {"inputs": [...], "labels": [...]}',
+    help='a small JSON file {"inputs": [...], "labels": [...]}',
 )
 @click.option("--params", help="family parameters as JSON (or @file)")
 @click.option("--training", help="training settings as JSON (or @file)")
@@ -159,6 +278,12 @@ def train(
     ctx: click.Context,
     model_name: str,
     family: str,
+    dataset: str | None,
+    dataset_version: str,
+    label: str | None,
+    features: str | None,
+    text_column: str | None,
+    validation_dataset: str | None,
     builtin: str | None,
     data_file: str | None,
     params: str | None,
@@ -168,16 +293,23 @@ def train(
     learning_rate: float | None,
     wait_: bool,
 ) -> None:
-    """Submit a training job."""
-    if bool(builtin) == bool(data_file):
-        raise click.UsageError("give exactly one of --builtin or --data")
-    if data_file:
-        try:
-            dataset: Json = {"inline": _loads(Path(data_file).read_text())}
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    """Submit a training job: on an uploaded data set (--dataset), a built-in one
+    (--builtin) or a few rows of JSON (--data)."""
+    if sum(map(bool, (builtin, data_file, dataset))) != 1:
+        raise click.UsageError(
+            "give exactly one of --builtin or --data (inline JSON), or --dataset (uploaded)"
+        )
+    given = {"--label": label, "--features": features, "--text": text_column,
+             "--validation-dataset": validation_dataset}  # fmt: skip
+    stray = [k for k, v in given.items() if v]
+    if stray and not dataset:
+        raise click.UsageError(f"{stray[0]} goes with --dataset")
+    if dataset:
+        spec = _stored(dataset, dataset_version, label, features, text_column, validation_dataset)
+    elif data_file:
+        spec = _inline(data_file)
     else:
-        dataset = {"builtin": builtin}
+        spec = {"builtin": builtin}
     settings = _json_option(training, "--training")
     shortcuts = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
     settings |= {k: v for k, v in shortcuts.items() if v is not None}
@@ -186,7 +318,7 @@ def train(
         "train",
         model_name,
         family,
-        dataset,
+        spec,
         params=_json_option(params, "--params"),
         training=settings,
     )
@@ -227,9 +359,45 @@ def _split_row_hint(inputs: tuple[str, ...]) -> str:
     return f"\nEach INPUT is one row: quote a row of features as one argument, e.g. '[{row}]'"
 
 
+def _out_path(out: str) -> Path:
+    path = Path(out)
+    if path.suffix.lower() not in OUTPUT_TYPES:
+        raise click.BadParameter(
+            "the predictions are saved as .parquet or .csv", param_hint="--out"
+        )
+    return path
+
+
+def save_output(ctx: click.Context, job_id: str, out: Path) -> None:
+    """Download a batch prediction's output with a bar, and say where it went."""
+    bar = TransferBar()
+    try:
+        _call(ctx, "download_output", job_id, out, progress=bar)
+    except OSError as exc:
+        raise click.ClickException(f"cannot save the predictions to {out}: {exc}") from None
+    finally:
+        bar.close()
+    click.echo(f"predictions saved to {out} ({out.stat().st_size / MB:,.1f} MB)")
+
+
+def _predict_dataset(ctx: click.Context, model_name: str, version: str, out: Path,
+                     **dataset: Any) -> None:  # fmt: skip
+    job = _call(ctx, "predict_dataset", model_name, version=_version(version, "--version"),
+                **dataset)  # fmt: skip
+    click.echo(f"job {job['id']} {job['state']}")
+    try:
+        job = _wait_and_report(ctx, job, None)
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"stopped waiting; job {job['id']} goes on: `torchqueue jobs output {job['id']} "
+            f"--out {out}` saves its predictions once it has succeeded"
+        ) from None
+    save_output(ctx, job["id"], out)
+
+
 @click.command()
 @click.argument("model_name")
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @click.option("--version", default="latest", show_default=True)
 @click.option(
     "--wait",
@@ -240,6 +408,12 @@ def _split_row_hint(inputs: tuple[str, ...]) -> str:
     help="seconds to wait for the answer",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the whole answer as JSON")
+@click.option("--dataset", help="instead of INPUTS: every row of an uploaded data set")
+@click.option("--dataset-version", default="latest", show_default=True)
+@click.option("--features", help="with --dataset: the input columns, a,b,c (default: the model's)")
+@click.option("--text", "text_column", help="with --dataset: the column of texts")
+@click.option("--id", "id_column", help="with --dataset: a column copied beside each prediction")
+@click.option("--out", help="with --dataset: where to save the predictions, .parquet or .csv")
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -248,8 +422,31 @@ def predict(
     version: str,
     wait_: float,
     as_json: bool,
+    dataset: str | None,
+    dataset_version: str,
+    features: str | None,
+    text_column: str | None,
+    id_column: str | None,
+    out: str | None,
 ) -> None:
-    """Predict with a model. INPUTS are texts, or feature rows as JSON lists: '[1, 2.5]'."""
+    """Predict with a model. INPUTS are texts, or feature rows as JSON lists: '[1, 2.5]'.
+    Or --dataset NAME --out preds.parquet: every row of an uploaded data set, in a job
+    whose progress is shown, its predictions downloaded when it is done."""
+    if bool(inputs) == bool(dataset):
+        raise click.UsageError("give INPUTS, or --dataset NAME with --out FILE")
+    if dataset:
+        if not out:
+            raise click.UsageError("--dataset needs --out FILE (.parquet or .csv)")
+        _predict_dataset(
+            ctx, model_name, version, _out_path(out), dataset=dataset,
+            dataset_version=_version(dataset_version, "--dataset-version"),
+            features=_names(features), text=text_column, id_column=id_column,
+        )  # fmt: skip
+        return
+    given = {"--out": out, "--features": features, "--text": text_column, "--id": id_column}
+    stray = [k for k, v in given.items() if v]
+    if stray:
+        raise click.UsageError(f"{stray[0]} goes with --dataset")
     rows = [_parse_input(x, i) for i, x in enumerate(inputs, 1)]
     with _client(ctx) as client:
         try:
@@ -269,8 +466,8 @@ def predict(
     if as_json:
         _echo_json(answer)
         return
-    for text, out in zip(inputs, answer["outputs"], strict=True):
-        click.echo(f"{text}\t{json.dumps(out, ensure_ascii=False)}")
+    for text, out_ in zip(inputs, answer["outputs"], strict=True):
+        click.echo(f"{text}\t{json.dumps(out_, ensure_ascii=False)}")
 
 
 @click.group()
@@ -356,6 +553,15 @@ def jobs_wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
     """Wait for a job, with a live progress bar."""
     job = _wait_and_report(ctx, _call(ctx, "job", job_id), timeout)
     click.echo(f"job {job['id']} {job['state']}")
+
+
+@jobs.command("output")
+@click.argument("job_id")
+@click.option("--out", required=True, help="where to save the predictions, .parquet or .csv")
+@click.pass_context
+def jobs_output(ctx: click.Context, job_id: str, out: str) -> None:
+    """Save a batch prediction's output (predict --dataset), once it has succeeded."""
+    save_output(ctx, job_id, _out_path(out))
 
 
 @click.group()
