@@ -407,17 +407,21 @@ class Client:
             "Content-Type": MEDIA_TYPES.get(fmt or "", "application/octet-stream"),
             "Content-Length": str(size),
         }
-        # The API reads the whole file before it answers: allow a second a megabyte.
-        base = self._http.timeout
-        timeout = httpx.Timeout(base.connect, read=(base.read or 30.0) + size / 2**20,
-                                write=base.write, pool=base.pool)  # fmt: skip
+        extra: Json = {}
+        if self._owns_http:  # a client given keeps its own timeouts
+            # The API reads the whole file before it answers: allow a second a megabyte.
+            base = self._http.timeout
+            extra["timeout"] = httpx.Timeout(
+                base.connect, read=(base.read or 30.0) + size / 2**20, write=base.write,
+                pool=base.pool,
+            )  # fmt: skip
         body: Json = self._request(
             "POST",
             "/v1/datasets",
             params=params,
             headers=headers,
             content=_chunks(source, size, progress),
-            timeout=timeout,
+            **extra,
         )
         return body
 

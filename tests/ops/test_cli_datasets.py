@@ -39,7 +39,7 @@ def test_upload_list_show_and_delete(api_url: str, tmp_path: Path) -> None:
     uploaded = ok(tq(api_url, "datasets", "upload", str(data), "--name", name, "--label", "label"))
     assert "100%" in uploaded.stderr and "MB/s" in uploaded.stderr  # the bar's last state
     assert f"{name} version 1: 40,000 rows, 4 columns" in uploaded.stdout
-    assert "columns: id int64, x1 double, x2 double, label int64" in uploaded.stdout
+    assert "columns: id int64, x1 float64, x2 float64, label int64" in uploaded.stdout
     ok(tq(api_url, "datasets", "upload", str(data), "--name", name))
 
     listed = ok(tq(api_url, "datasets", "list", "--limit", "500")).stdout
