@@ -58,6 +58,8 @@ def direct_seconds(csv: Path) -> float:
 
     store = open_store()
     local = store.local_path("bench")
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=local.parent if local else None, prefix=".bench-"))
     key = f"bench/direct-{time.monotonic_ns()}.csv"
     try:
