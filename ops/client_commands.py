@@ -111,9 +111,8 @@ def render(job: Json, columns: int = 100) -> str:
     state = job["state"]
     fraction = float(progress.get("fraction", 1.0 if state == "succeeded" else 0.0))
     text = f"{_bar(fraction)} {state}"
-    if "rows" in progress:  # a batch prediction, chunk by chunk
-        total = progress.get("total_rows", progress.get("rows_total"))
-        text += f" rows {progress['rows']:,}" + (f"/{total:,}" if total is not None else "")
+    if "rows_done" in progress:  # a batch prediction, chunk by chunk
+        text += f" rows {progress['rows_done']:,}/{progress.get('rows', 0):,}"
     elif progress:
         text += f" epoch {progress.get('epoch')}/{progress.get('epochs')}"
         metrics = progress.get("metrics") or {}

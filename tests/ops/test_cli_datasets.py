@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from api.client import Client
+from ops.client_commands import render
 from shared.processes import free_port
 from tests.api.test_client_datasets import write_csv
 from tests.helpers import unique
@@ -112,7 +113,14 @@ def test_train_on_a_data_set_and_predict_over_it(
         assert f"predictions saved to {path}" in predicted.stdout
         got = pq.read_table(path) if out.endswith("parquet") else pa_csv.read_csv(path)
         assert got["id"].to_pylist() == rows["id"].to_pylist()  # in order
-        assert got["label"].to_pylist() == expected
+        assert got["class"].to_pylist() == expected
 
     refused = one_clear_error(tq(api_url, "datasets", "delete", name, "1"))
     assert "trained on" in refused or "model" in refused
+
+
+def test_the_progress_of_a_batch_prediction() -> None:
+    progress = {"rows_done": 40_000, "rows": 160_000, "chunks_done": 1, "chunks": 4,
+                "fraction": 0.25}  # fmt: skip
+    job = {"state": "running", "progress": progress}
+    assert render(job) == "[######..................] running rows 40,000/160,000"
