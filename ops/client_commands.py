@@ -16,26 +16,26 @@ import click
 from api.client import FORMAT_OF_SUFFIX, OUTPUT_TYPES, ApiError, Client, Json, job_error
 
 
-def _client(ctx: click.Context) -> Client:
+def open_client(ctx: click.Context) -> Client:
     obj = ctx.find_root().obj
     return Client(obj.get("api_url"), api_key=obj.get("api_key"))
 
 
-def _echo_json(data: Any) -> None:
+def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _message(exc: ApiError) -> str:
+def message_of(exc: ApiError) -> str:
     where = f" (field: {exc.field})" if exc.field else ""
     return f"{exc.detail}{where}"
 
 
-def _call(ctx: click.Context, method: str, *args: Any, **kwargs: Any) -> Any:
-    with _client(ctx) as client:
+def call(ctx: click.Context, method: str, *args: Any, **kwargs: Any) -> Any:
+    with open_client(ctx) as client:
         try:
             result = getattr(client, method)(*args, **kwargs)
         except ApiError as exc:
-            raise click.ClickException(_message(exc)) from None
+            raise click.ClickException(message_of(exc)) from None
     return result
 
 
@@ -170,7 +170,7 @@ class TransferBar:
 def _wait_and_report(ctx: click.Context, job: Json, timeout: float | None) -> Json:
     bar = ProgressBar()
     try:
-        job = _call(ctx, "wait", job["id"], timeout=timeout, on_update=bar.update)
+        job = call(ctx, "wait", job["id"], timeout=timeout, on_update=bar.update)
     finally:
         bar.close()
     _summary(job)
@@ -190,7 +190,7 @@ def _summary(job: Json) -> None:
 # --- commands ----------------------------------------------------------------------------
 
 
-def _version(text: str, hint: str) -> int | str:
+def parse_version(text: str, hint: str) -> int | str:
     if text == "latest" or (text.isdigit() and int(text) >= 1):
         return int(text) if text.isdigit() else text
     raise click.BadParameter(f"a version is a number or latest, not {text!r}", param_hint=hint)
@@ -227,7 +227,7 @@ def _stored(
 ) -> Json:
     if not label:
         raise click.UsageError("--dataset needs --label COLUMN: the column to predict")
-    spec: Json = {"name": dataset, "version": _version(version, "--dataset-version")}
+    spec: Json = {"name": dataset, "version": parse_version(version, "--dataset-version")}
     spec["label"] = label
     if features:
         spec["features"] = _names(features)
@@ -237,7 +237,7 @@ def _stored(
         name, _, number = validation.partition(":")
         spec["validation"] = {
             "name": name,
-            "version": _version(number or "latest", "--validation-dataset"),
+            "version": parse_version(number or "latest", "--validation-dataset"),
         }
     return spec
 
@@ -312,7 +312,7 @@ def train(
     settings = _json_option(training, "--training")
     shortcuts = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
     settings |= {k: v for k, v in shortcuts.items() if v is not None}
-    job = _call(
+    job = call(
         ctx,
         "train",
         model_name,
@@ -371,7 +371,7 @@ def save_output(ctx: click.Context, job_id: str, out: Path) -> None:
     """Download a batch prediction's output with a bar, and say where it went."""
     bar = TransferBar()
     try:
-        _call(ctx, "download_output", job_id, out, progress=bar)
+        call(ctx, "download_output", job_id, out, progress=bar)
     except OSError as exc:
         raise click.ClickException(f"cannot save the predictions to {out}: {exc}") from None
     finally:
@@ -381,7 +381,7 @@ def save_output(ctx: click.Context, job_id: str, out: Path) -> None:
 
 def _predict_dataset(ctx: click.Context, model_name: str, version: str, out: Path,
                      **dataset: Any) -> None:  # fmt: skip
-    job = _call(ctx, "predict_dataset", model_name, version=_version(version, "--version"),
+    job = call(ctx, "predict_dataset", model_name, version=parse_version(version, "--version"),
                 **dataset)  # fmt: skip
     click.echo(f"job {job['id']} {job['state']}")
     try:
@@ -438,7 +438,7 @@ def predict(
             raise click.UsageError("--dataset needs --out FILE (.parquet or .csv)")
         _predict_dataset(
             ctx, model_name, version, _out_path(out), dataset=dataset,
-            dataset_version=_version(dataset_version, "--dataset-version"),
+            dataset_version=parse_version(dataset_version, "--dataset-version"),
             features=_names(features), text=text_column, id_column=id_column,
         )  # fmt: skip
         return
@@ -447,7 +447,7 @@ def predict(
     if stray:
         raise click.UsageError(f"{stray[0]} goes with --dataset")
     rows = [_parse_input(x, i) for i, x in enumerate(inputs, 1)]
-    with _client(ctx) as client:
+    with open_client(ctx) as client:
         try:
             answer = client.predict_now(
                 model_name,
@@ -457,13 +457,13 @@ def predict(
             )
         except ApiError as exc:
             hint = _split_row_hint(inputs) if (exc.field or "").startswith("inputs") else ""
-            raise click.ClickException(_message(exc) + hint) from None
+            raise click.ClickException(message_of(exc) + hint) from None
     if "outputs" not in answer:  # not done within the wait: its job
-        answer = _call(ctx, "wait", answer["id"])
+        answer = call(ctx, "wait", answer["id"])
         _summary(answer)
         answer = {"job_id": answer["id"], **answer["result"]}
     if as_json:
-        _echo_json(answer)
+        echo_json(answer)
         return
     for text, out_ in zip(inputs, answer["outputs"], strict=True):
         click.echo(f"{text}\t{json.dumps(out_, ensure_ascii=False)}")
@@ -489,7 +489,7 @@ def jobs_list(
     limit: int,
     offset: int,
 ) -> None:
-    page = _call(
+    page = call(
         ctx, "jobs", state=state, kind=kind, model_name=model_name, limit=limit, offset=offset
     )
     click.echo(f"{'ID':36}  {'KIND':7}  {'STATE':10}  {'MODEL':24}  CREATED")
@@ -507,9 +507,9 @@ def jobs_list(
 @click.pass_context
 def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """A job, and its history."""
-    job = _call(ctx, "job", job_id)
+    job = call(ctx, "job", job_id)
     if as_json:
-        _echo_json(job)
+        echo_json(job)
         return
     for key in (
         "id",
@@ -530,7 +530,7 @@ def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if (job.get("result") or {}).get("metrics"):
         click.echo(f"{'metrics:':15}{json.dumps(job['result']['metrics'])}")
     click.echo("history:")
-    for event in _call(ctx, "events", job_id):
+    for event in call(ctx, "events", job_id):
         worker = f" [{event['worker']}]" if event.get("worker") else ""
         click.echo(f"  {event['at'][:19]}  {event['kind']:16} {event['message']}{worker}")
 
@@ -540,7 +540,7 @@ def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def jobs_cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job: at once when queued; within a batch when running."""
-    job = _call(ctx, "cancel", job_id)
+    job = call(ctx, "cancel", job_id)
     click.echo(f"job {job['id']} {job['state']}")
 
 
@@ -550,7 +550,7 @@ def jobs_cancel(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def jobs_wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
     """Wait for a job, with a live progress bar."""
-    job = _wait_and_report(ctx, _call(ctx, "job", job_id), timeout)
+    job = _wait_and_report(ctx, call(ctx, "job", job_id), timeout)
     click.echo(f"job {job['id']} {job['state']}")
 
 
@@ -571,7 +571,7 @@ def models() -> None:
 @models.command("list")
 @click.pass_context
 def models_list(ctx: click.Context) -> None:
-    page = _call(ctx, "models", limit=500)
+    page = call(ctx, "models", limit=500)
     click.echo(f"{'NAME':32}  LATEST  UPDATED")
     for m in page["items"]:
         click.echo(f"{m['name'][:32]:32}  {m['latest_version']!s:6}  {m['updated_at'][:19]}")
@@ -583,16 +583,16 @@ def models_list(ctx: click.Context) -> None:
 @click.pass_context
 def models_show(ctx: click.Context, name: str, version: str | None) -> None:
     if version:
-        _echo_json(_call(ctx, "model_version", name, version))
+        echo_json(call(ctx, "model_version", name, version))
     else:
-        _echo_json(_call(ctx, "model", name))
+        echo_json(call(ctx, "model", name))
 
 
 @click.command("workers")
 @click.pass_context
 def workers_list(ctx: click.Context) -> None:
     """The workers: state, pool, devices, current job."""
-    rows = _call(ctx, "workers")
+    rows = call(ctx, "workers")
     click.echo(f"{'NAME':32}  {'STATE':8}  {'POOL':10}  {'DEVICES':24}  {'LAST SEEN':19}  JOB")
     for w in rows:
         devices = ",".join(str(d["index"]) for d in w["devices"]) or "cpu"

@@ -9,7 +9,15 @@ from typing import Any
 import click
 
 from api.client import MEDIA_TYPES, ApiError, Json
-from ops.client_commands import MB, TransferBar, _call, _client, _echo_json, _message, _version
+from ops.client_commands import (
+    MB,
+    TransferBar,
+    call,
+    echo_json,
+    message_of,
+    open_client,
+    parse_version,
+)
 
 SHOWN_COLUMNS = 12
 SHOWN_CLASSES = 5
@@ -60,18 +68,18 @@ def upload(
 ) -> None:
     """Upload FILE as the next version of data set --name."""
     bar = TransferBar()
-    with _client(ctx) as client:
+    with open_client(ctx) as client:
         try:
             version = client.upload_dataset(file, name, format=fmt, label=label, progress=bar)
         except ApiError as exc:
             bar.close()
-            raise click.ClickException(_message(exc)) from None
+            raise click.ClickException(message_of(exc)) from None
         except OSError as exc:
             bar.close()
             raise click.ClickException(f"cannot read {file}: {exc}") from None
     bar.close()
     if as_json:
-        _echo_json(version)
+        echo_json(version)
     else:
         _summary(version, Path(file).stat().st_size)
 
@@ -86,7 +94,7 @@ def upload(
 def add_url(ctx: click.Context, name: str, url: str, fmt: str | None) -> None:
     """A version of data set NAME that the workers read from URL (s3://…, under a prefix
     the operator allows), instead of an upload."""
-    version = _call(ctx, "register_dataset_url", name, url, fmt)
+    version = call(ctx, "register_dataset_url", name, url, fmt)
     click.echo(
         f"{version['name']} version {version['version']}: read from {version['uri']} "
         f"({version['format']}); its sha256, rows and columns are recorded when a worker "
@@ -100,7 +108,7 @@ def add_url(ctx: click.Context, name: str, url: str, fmt: str | None) -> None:
 @click.pass_context
 def datasets_list(ctx: click.Context, limit: int, offset: int) -> None:
     """Your data sets (an admin key: all)."""
-    page = _call(ctx, "list_datasets", limit=limit, offset=offset)
+    page = call(ctx, "list_datasets", limit=limit, offset=offset)
     click.echo(f"{'NAME':32}  {'LATEST':6}  {'CREATED BY':12}  UPDATED")
     for d in page["items"]:
         click.echo(
@@ -154,15 +162,15 @@ def _show_version(version: Json) -> None:
 def show(ctx: click.Context, name: str, version: str | None, as_json: bool) -> None:
     """A data set version: columns and their types, rows, bytes, sha256, who made it when."""
     if version:
-        one = _call(ctx, "get_dataset_version", name, _version(version, "--version"))
+        one = call(ctx, "get_dataset_version", name, parse_version(version, "--version"))
         if as_json:
-            _echo_json(one)
+            echo_json(one)
         else:
             _show_version(one)
         return
-    dataset = _call(ctx, "get_dataset", name)
+    dataset = call(ctx, "get_dataset", name)
     if as_json:
-        _echo_json(dataset)
+        echo_json(dataset)
         return
     versions = sorted(dataset.get("versions") or [], key=lambda v: v["version"])
     click.echo(f"{'VERSION':7}  {'SOURCE':6}  {'FORMAT':7}  {'ROWS':>12}  {'BYTES':>12}  CREATED")
@@ -184,5 +192,5 @@ def show(ctx: click.Context, name: str, version: str | None, as_json: bool) -> N
 def delete(ctx: click.Context, name: str, version: int) -> None:
     """Delete one version and its stored file; refused while a model version trained on it
     is registered (its lineage names it)."""
-    _call(ctx, "delete_dataset_version", name, version)
+    call(ctx, "delete_dataset_version", name, version)
     click.echo(f"data set {name} version {version} deleted")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.csv as pa_csv
@@ -124,3 +124,15 @@ def test_the_progress_of_a_batch_prediction() -> None:
                 "fraction": 0.25}  # fmt: skip
     job = {"state": "running", "progress": progress}
     assert render(job) == "[######..................] running rows 40,000/160,000"
+
+
+def test_a_file_over_the_size_limit_is_refused_in_one_line(
+    setting: Callable[[str, str], None], tmp_path: Path
+) -> None:
+    setting("TORCHQUEUE_MAX_DATASET_MB", "1")
+    data = write_csv(tmp_path / "rows.csv", 150_000)  # about 3 MB
+    with serving(["api"], free_port(), "/healthz", tmp_path / "api.log") as base:
+        result = tq(base, "datasets", "upload", str(data), "--name", unique("big"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "1 MB" in last, result.stderr
