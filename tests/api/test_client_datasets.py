@@ -115,7 +115,7 @@ def signed_urls() -> Iterator[str]:
 
 
 def _output(tmp_path: Path) -> tuple[pa.Table, bytes]:
-    table = pa.table({"id": [7, 8, 9], "class": [1, 0, 1], "p_0": [0.1, 0.8, 0.3]})
+    table = pa.table({"id": [7, 8, 9], "label": [1, 0, 1], "p_0": [0.1, 0.8, 0.3]})
     pq.write_table(table, tmp_path / "out.parquet")
     return table, (tmp_path / "out.parquet").read_bytes()
 
@@ -201,4 +201,4 @@ def test_train_on_a_data_set_then_score_it_into_a_file(
         saved = tq.download_output(job["id"], path)
         got = pq.read_table(saved) if path.suffix == ".parquet" else pa_csv.read_csv(saved)
         assert got["id"].to_pylist() == rows["id"].to_pylist()
-        assert got["class"].to_pylist() == expected
+        assert got["label"].to_pylist() == expected

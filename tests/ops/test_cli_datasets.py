@@ -113,7 +113,7 @@ def test_train_on_a_data_set_and_predict_over_it(
         assert f"predictions saved to {path}" in predicted.stdout
         got = pq.read_table(path) if out.endswith("parquet") else pa_csv.read_csv(path)
         assert got["id"].to_pylist() == rows["id"].to_pylist()  # in order
-        assert got["class"].to_pylist() == expected
+        assert got["label"].to_pylist() == expected
 
     refused = one_clear_error(tq(api_url, "datasets", "delete", name, "1"))
     assert "trained on" in refused or "model" in refused
