@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from shared.errors import BadData, NonFiniteLoss
 from shared.schemas import TrainSpec
-from workers import data
+from workers import data, stored_data
 from workers.checkpoint import Checkpointer, TrainState
 from workers.early_stopping import EarlyStopping
 from workers.families import BUILDERS, Preprocessor
@@ -29,7 +29,9 @@ from workers.preprocess import LabelEncoder, TargetScaler
 from workers.rank import Dist
 from workers.resume import restore, snapshot, usable
 
-EVAL_BATCH = 4096
+EVAL_BATCH = stored_data.EVAL_BATCH
+Rows = stored_data.Rows
+Batch = stored_data.Batch
 # An epoch's shuffled rows are copied into contiguous blocks of at most this many rows
 # (and bytes), so that a batch is a view rather than a gather of its own.
 BLOCK_ROWS = 8192
@@ -82,14 +84,6 @@ def _targets(
     return y, enc.to_json(), "ce", n_outputs
 
 
-@dataclass
-class Rows:
-    """One split of the data: inputs and encoded targets, on the device."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-
 def _forward(module: nn.Module, amp: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The module's forward pass, under bf16 autocast when ``amp`` (GPUs)."""
     if not amp:
@@ -103,22 +97,28 @@ def _forward(module: nn.Module, amp: bool) -> Callable[[torch.Tensor], torch.Ten
 
 
 def _evaluate(
-    module: nn.Module, head: Head, d: Rows, target: dict[str, Any], amp: bool
+    module: nn.Module, head: Head, batches: Iterable[Batch], target: dict[str, Any], amp: bool
 ) -> dict[str, float]:
-    """Loss and score over ``d``, in large batches under inference mode, read once."""
+    """Loss and score over ``batches``, under inference mode, read once."""
     module.eval()
     forward = _forward(module, amp)
+    n = 0
     with torch.inference_mode():
         sums = []
-        for start in range(0, len(d.x), EVAL_BATCH):
-            xb, yb = d.x[start : start + EVAL_BATCH], d.y[start : start + EVAL_BATCH]
+        for xb, yb in batches:
             out = forward(xb)
             sums.append(torch.stack([head.loss(out, yb) * len(xb), head.score(out, yb)]))
+            n += len(xb)
         total, score = (sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).tolist()
-    n = max(len(d.x), 1)
+    n = max(n, 1)
     if head.kind == "mse":
         return {"loss": total / n, "mse": score / n * target["std"] ** 2}
     return {"loss": total / n, "accuracy": score / n}
+
+
+def _eval_batches(d: Rows) -> Iterator[Batch]:
+    for start in range(0, len(d.x), EVAL_BATCH):
+        yield d.x[start : start + EVAL_BATCH], d.y[start : start + EVAL_BATCH]
 
 
 def _optimizer(spec: TrainSpec, module: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -148,11 +148,19 @@ class Interrupted(Exception):
         self.epoch = epoch
 
 
-def _block_rows(d: Rows, batch_size: int) -> int:
+def _block_rows(row_bytes: int, batch_size: int) -> int:
     """Rows per contiguous block: whole batches, within BLOCK_ROWS and BLOCK_BYTES."""
-    row_bytes = max(d.x[:1].numel() * d.x.element_size(), 1)
-    rows = min(BLOCK_ROWS, BLOCK_BYTES // row_bytes)
+    rows = min(BLOCK_ROWS, BLOCK_BYTES // max(row_bytes, 1))
     return max(rows // batch_size, 1) * batch_size
+
+
+def _row_blocks(d: Rows, batch_size: int, gen: torch.Generator, dist: Dist) -> Iterator[Batch]:
+    """This rank's share of the rows in a shuffled order, gathered a block at a time."""
+    perm = dist.shard(torch.randperm(len(d.x), generator=gen)).to(d.x.device)
+    per_block = _block_rows(d.x[:1].numel() * d.x.element_size(), batch_size)
+    for first in range(0, len(perm), per_block):
+        idx = perm[first : first + per_block]
+        yield d.x[idx], d.y[idx]
 
 
 def train_epoch(
@@ -166,26 +174,38 @@ def train_epoch(
     should_stop: Callable[[], bool],
     dist: Dist,
 ) -> torch.Tensor:
-    """One pass over the training rows (this rank's share); returns, summed over every
-    rank, the loss summed over the rows, the score (correct answers; 0 for regression)
-    and the rows covered. ``should_stop`` is asked before every batch: cancelling costs
-    at most one batch."""
-    module.train()
-    device = d.x.device
-    forward = _forward(module, amp)
-    perm = dist.shard(torch.randperm(len(d.x), generator=gen)).to(device)
+    """One pass over the rows of ``d`` (this rank's share), shuffled by ``gen``."""
     batch_size = max(batch_size // dist.world, 1)
-    per_block = _block_rows(d, batch_size)
+    blocks = _row_blocks(d, batch_size, gen, dist)
+    return train_blocks(module, head, opt, blocks, batch_size, d.x.device, amp, should_stop, dist)
+
+
+def train_blocks(
+    module: nn.Module,
+    head: Head,
+    opt: torch.optim.Optimizer,
+    blocks: Iterable[Batch],
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    should_stop: Callable[[], bool],
+    dist: Dist,
+) -> torch.Tensor:
+    """One pass over an epoch's blocks (whole batches of ``batch_size`` but the last);
+    returns, summed over every rank, the loss summed over the rows, the score (correct
+    answers; 0 for regression) and the rows covered. ``should_stop`` is asked before
+    every batch: cancelling costs at most one batch."""
+    module.train()
+    forward = _forward(module, amp)
     # What ``opt.zero_grad(set_to_none=True)`` does, without its per-call bookkeeping.
     params = [p for group in opt.param_groups for p in group["params"]]
     loss_sum = torch.zeros((), device=device)
     score = torch.zeros((), device=device)
-    for first in range(0, len(perm), per_block):
-        idx = perm[first : first + per_block]
-        xs, ys = d.x[idx], d.y[idx]
+    covered = 0
+    for xs, ys in blocks:
         losses: list[torch.Tensor] = []
         outs: list[torch.Tensor] = []
-        for start in range(0, len(idx), batch_size):
+        for start in range(0, len(xs), batch_size):
             if dist.any(should_stop(), device):
                 raise Interrupted(0)
             xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
@@ -198,12 +218,13 @@ def train_epoch(
             losses.append(loss.detach())
             outs.append(out.detach())
         # Every batch but the block's last is whole: weigh each mean by its rows.
-        last = len(idx) - batch_size * (len(losses) - 1)
+        last = len(xs) - batch_size * (len(losses) - 1)
         stacked = torch.stack(losses)
         loss_sum += stacked.sum() * batch_size + stacked[-1] * (last - batch_size)
         if head.kind != "mse":
             score += head.score(torch.cat(outs), ys)
-    rows = torch.tensor(float(len(perm)), device=device)
+        covered += len(xs)
+    rows = torch.tensor(float(covered), device=device)
     return dist.total(torch.stack([loss_sum, score, rows]))
 
 
@@ -232,8 +253,11 @@ class Prepared:
     target: dict[str, Any]
     n_outputs: int
     input_schema: dict[str, Any]
+    # The rows on the device (empty where a stored table is streamed); a stored table's
+    # ``feed`` decides the order of its rows, whether loaded or streamed.
     tr: Rows
     va: Rows
+    feed: stored_data.Feed | None
     # ``net`` is the model; ``module`` is what trains it (``net`` itself, or a
     # DistributedDataParallel around it).
     net: nn.Module
@@ -245,6 +269,26 @@ class Prepared:
     baseline: float | None
     amp: bool
 
+    @property
+    def n_train(self) -> int:
+        return self.feed.n_train if self.feed is not None else len(self.tr.x)
+
+    @property
+    def n_val(self) -> int:
+        return self.feed.n_val if self.feed is not None else len(self.va.x)
+
+    def blocks(self, batch_size: int, dist: Dist) -> tuple[Iterable[Batch], torch.device]:
+        """An epoch's blocks of this rank's rows, and the device they are on."""
+        if self.feed is None:
+            return _row_blocks(self.tr, batch_size, self.gen, dist), self.tr.x.device
+        per_block = _block_rows(self.feed.row_bytes, batch_size)
+        return self.feed.blocks(self.gen, batch_size, per_block, dist), self.feed.device
+
+    def val_batches(self) -> Iterable[Batch]:
+        if self.feed is not None:
+            return self.feed.val_batches()
+        return _eval_batches(self.va)
+
 
 def _take(inputs: Sequence[Any], idx: torch.Tensor) -> Sequence[Any]:
     """The rows at ``idx``: a slice of a tensor of rows, or a list of the others."""
@@ -253,23 +297,36 @@ def _take(inputs: Sequence[Any], idx: torch.Tensor) -> Sequence[Any]:
     return [inputs[i] for i in idx.tolist()]
 
 
+def _stored(spec: TrainSpec) -> bool:
+    """A stored table: trained through ``stored_data`` (arrays stay on the in-memory path)."""
+    file = spec.dataset.file
+    return file is not None and file.format not in ("npy", "npz")
+
+
 def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = None) -> Prepared:
-    """Data as tensors on the device, the model, its optimizer and generators; the
-    preprocessing comes from the checkpoint when resuming."""
+    """Data as tensors on the device (or a stored table's feed), the model, its optimizer
+    and generators; the preprocessing comes from the checkpoint when resuming."""
     t = spec.training
-    raw = data.load(spec.dataset)
-    if len(raw.inputs) < 1:
-        raise BadData("the data set is empty")
-    train_idx, val_idx = _split(len(raw.inputs), t.validation_fraction, t.seed)
-    y, target, head_kind, n_outputs = _targets(spec, raw.labels, train_idx, raw.classes)
     builder = BUILDERS[spec.family]
-    if resume is not None:
-        pre = builder.load_preprocessor(resume.meta["preprocessor"])
+    loaded = builder.load_preprocessor(resume.meta["preprocessor"]) if resume is not None else None
+    feed = None
+    if _stored(spec):
+        feed, enc, baseline = stored_data.open_feed(spec, device, loaded)
+        pre, target, head_kind, n_outputs = enc.pre, enc.target, enc.head, enc.n_outputs
+        tr, va = feed.rows()
+        has_val = feed.n_val > 0
     else:
-        pre = builder.fit_preprocessor(spec.params, _take(raw.inputs, train_idx))
-    x = pre.encode(raw.inputs)
-    tr = Rows(x[train_idx].to(device), y[train_idx].to(device))
-    va = Rows(x[val_idx].to(device), y[val_idx].to(device))
+        raw = data.load(spec.dataset)
+        if len(raw.inputs) < 1:
+            raise BadData("the data set is empty")
+        train_idx, val_idx = _split(len(raw.inputs), t.validation_fraction, t.seed)
+        y, target, head_kind, n_outputs = _targets(spec, raw.labels, train_idx, raw.classes)
+        pre = loaded or builder.fit_preprocessor(spec.params, _take(raw.inputs, train_idx))
+        x = pre.encode(raw.inputs)
+        tr = Rows(x[train_idx].to(device), y[train_idx].to(device))
+        va = Rows(x[val_idx].to(device), y[val_idx].to(device))
+        baseline = _baseline_mse(tr, va, target) if head_kind == "mse" else None
+        has_val = len(va.x) > 0
     torch.manual_seed(t.seed)
     module = builder.build(spec.params, pre, n_outputs).to(device)
     return Prepared(
@@ -280,13 +337,14 @@ def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = N
         input_schema=builder.input_schema(pre),
         tr=tr,
         va=va,
+        feed=feed,
         net=module,
         module=module,
         head=Head(head_kind),
         opt=_optimizer(spec, module, device),
         gen=torch.Generator().manual_seed(t.seed + 1),
-        stopper=EarlyStopping(t.early_stopping_patience if len(va.x) else None),
-        baseline=_baseline_mse(tr, va, target) if head_kind == "mse" else None,
+        stopper=EarlyStopping(t.early_stopping_patience if has_val else None),
+        baseline=baseline,
         amp=device.type == "cuda",
     )
 
@@ -295,13 +353,15 @@ def _epoch(run: Prepared, epoch: int, hooks: Hooks, dist: Dist) -> dict[str, Any
     started = time.perf_counter()
     t = run.spec.training
     try:
-        summed = train_epoch(
+        batch_size = max(t.batch_size // dist.world, 1)
+        blocks, device = run.blocks(batch_size, dist)
+        summed = train_blocks(
             run.module,
             run.head,
             run.opt,
-            run.tr,
-            t.batch_size,
-            run.gen,
+            blocks,
+            batch_size,
+            device,
             run.amp,
             hooks.should_stop,
             dist,
@@ -382,16 +442,16 @@ def train(
         history=history,
         best_epoch=run.stopper.best_epoch or len(history),
         stopped_early=run.stopper.stopped,
-        samples=len(run.tr.x) * (len(history) - first + 1),
+        samples=run.n_train * (len(history) - first + 1),
     )
 
 
 def validation(run: Prepared) -> dict[str, float]:
     """The epoch's validation loss and score (accuracy, or MSE beside the baseline's)."""
-    if not len(run.va.x):
+    if not run.n_val:
         return {}
     score = "mse" if run.head.kind == "mse" else "accuracy"
-    val = _evaluate(run.net, run.head, run.va, run.target, run.amp)
+    val = _evaluate(run.net, run.head, run.val_batches(), run.target, run.amp)
     out = {"val_loss": val["loss"], f"val_{score}": val[score]}
     if run.baseline is not None:
         out["val_baseline_mse"] = run.baseline
