@@ -22,8 +22,10 @@ from shared.db.session import session_scope
 from shared.errors import BadData
 from shared.schemas import DatasetFile, RunDataset, TrainRequest, TrainSpec
 from shared.validation import resolve_train
+from tests.shared.test_artifacts_s3 import S3, s3  # noqa: F401  the fixture, for the last test
 from workers import dataset_files, modelio
 from workers.checkpoint import Checkpointer
+from workers.rank import Dist
 from workers.training import Hooks, Interrupted, Trained, prepare, train
 
 Setting = Callable[[str, str], None]
@@ -206,6 +208,28 @@ def test_a_streamed_run_resumes_from_its_checkpoint_as_if_never_stopped(
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("memory_mb", ["4096", "0.01"], ids=["loaded", "streamed"])
+def test_data_parallel_ranks_share_the_epoch_as_dist_shard_does(
+    memory_mb: str, tmp_path: Path, setting: Setting
+) -> None:
+    setting("TORCHQUEUE_DATASET_MEMORY_MB", memory_mb)
+    columns = table(1001)
+    columns["f0"] = np.arange(1001, dtype=np.float64)  # which row it is, once standardized
+    feed = prepare(
+        spec_for(stored(columns, tmp_path, rows_per_group=100)), torch.device("cpu")
+    ).feed
+    assert feed is not None
+
+    def epoch(dist: Dist) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(5)
+        return torch.cat([x[:, 0] for x, _ in feed.blocks(gen, 32, 64, dist)])
+
+    whole = epoch(Dist())
+    assert len(whole) == feed.n_train and len(set(whole.tolist())) == feed.n_train
+    for rank in (0, 1):
+        assert torch.equal(epoch(Dist(rank, 2)), Dist(rank, 2).shard(whole))
+
+
 def test_a_validation_data_set_validates_instead_of_a_split(
     tmp_path: Path, setting: Setting
 ) -> None:
@@ -320,3 +344,22 @@ def test_the_cache_keeps_the_recently_used_within_its_bound(
     read(1)  # used again: now the most recent
     again = read(0)
     assert again.exists() and second.exists() and not third.exists()
+
+
+# Last in this module: from here on, the artifact store is moto's S3.
+def test_on_s3_a_url_source_and_an_uploaded_version_train_through_the_cache(
+    s3: S3,  # noqa: F811  the fixture imported above
+    tmp_path: Path,
+    setting: Setting,
+) -> None:
+    source = tmp_path / "houses.parquet"
+    pq.write_table(pa.table(table(600)), source)
+    s3.client.put_object(Bucket=s3.bucket, Key="exports/houses.parquet", Body=source.read_bytes())
+    setting("TORCHQUEUE_DATASET_URL_PREFIXES", f"s3://{s3.bucket}/exports/")
+    from_url = train(spec_for(url_version(f"s3://{s3.bucket}/exports/houses.parquet")))
+    assert (from_url.spec.dataset.lineage() or {})["sha256"] == dataset_files.sha256_of(source)
+
+    uploaded = stored(table(600, seed=2), tmp_path)
+    assert uploaded.uri.startswith("s3://")
+    assert train(spec_for(uploaded)).history[-1]["val_accuracy"] > 0.8
+    assert (dataset_files.cache_dir() / f"{uploaded.sha256}.parquet").is_file()
