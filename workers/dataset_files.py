@@ -69,7 +69,8 @@ def cache_dir() -> Path:
 @contextlib.contextmanager
 def _incoming(name: str) -> Iterator[Path]:
     """A temporary path in the cache, renamed to ``name`` when the block ends, removed
-    when it raises; then the cache is brought back within its bound."""
+    when it raises. The caller then calls ``evict``, once its own temporary files are
+    gone (they count against the bound while they exist)."""
     fd, tmp = tempfile.mkstemp(dir=cache_dir(), prefix=f"{_TMP}{name}.")
     os.close(fd)
     path = Path(tmp)
@@ -78,7 +79,6 @@ def _incoming(name: str) -> Iterator[Path]:
         os.replace(path, cache_dir() / name)
     finally:
         path.unlink(missing_ok=True)
-    evict(keep=cache_dir() / name)
 
 
 def _touch(path: Path) -> None:
@@ -135,6 +135,7 @@ def local_copy(file: DatasetFile) -> Path:
             else:
                 with _incoming(path.name) as tmp:
                     store.get_file(key, tmp)
+                evict(keep=path)
         if not path.is_file():
             raise ModelLoadError(f"artifact {file.uri} is missing")
     except ModelLoadError:
@@ -195,6 +196,7 @@ def _from_url(file: DatasetFile) -> Path:
         described = _stored_form(file, tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    evict(keep=path)
     if file.sha256 is None:
         on_record = _record_first_read(file, sha256, size, described)
         if on_record != sha256:

@@ -6,8 +6,8 @@ class labels through ``pyarrow.compute.index_in``). Whether a table is loaded or
 depends on its size in memory against ``settings.dataset_memory_mb``; everything else is
 defined by the row groups, never by the mode:
 
-- a row is for validation when a hash of (seed, its index in the file) falls under
-  ``validation_fraction`` (or, with a validation data set, that set's rows are);
+- the validation rows are the ``validation_fraction`` of rows with the lowest draws of a
+  hash of (seed, index in the file) (or, with a validation data set, that set's rows);
 - statistics (the standardisation, a regression target's mean and spread, the classes,
   a tokenizer's vocabulary) are accumulated row group by row group, in file order;
 - an epoch takes the row groups in a seeded order and each group's training rows in a
@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -54,22 +54,40 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
 
 
-def validation_rows(first: int, n: int, seed: int, fraction: float) -> np.ndarray[Any, Any]:
-    """Which of rows ``first .. first+n-1`` are for validation: splitmix64 of the row's
-    index and the seed, as a number in [0, 1), under ``fraction``."""
+def row_draws(first: int, n: int, seed: int) -> np.ndarray[Any, Any]:
+    """A number in [0, 1) for each of rows ``first .. first+n-1``: splitmix64 of the row's
+    index and the seed. It depends on nothing else, so any reader draws the same."""
     z = np.arange(first, first + n, dtype=np.uint64) * np.uint64(_GOLDEN)
     z += np.uint64(((seed + 1) * _GOLDEN) & _MASK64)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z ^= z >> np.uint64(31)
-    u = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    return np.asarray(u < fraction)
+    return np.asarray((z >> np.uint64(11)).astype(np.float64) * 2.0**-53)
+
+
+def validation_masks(sizes: list[int], seed: int, fraction: float) -> list[np.ndarray[Any, Any]]:
+    """Per row group, True where the row validates: the ``fraction`` of rows with the
+    lowest draws, as many as the in-memory split takes (``int(n * fraction)``, leaving at
+    least one row to train on)."""
+    n = sum(sizes)
+    k = min(int(n * fraction), n - 1) if n >= 2 else 0
+    firsts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64).tolist()
+    if k == 0:
+        return [np.zeros(size, dtype=bool) for size in sizes]
+    draws = row_draws(0, n, seed)
+    threshold = np.partition(draws, k - 1)[k - 1]
+    return [draws[firsts[g] : firsts[g] + size] <= threshold for g, size in enumerate(sizes)]
 
 
 class Table:
     """One stored table's row groups, held open; the columns a job reads from it."""
 
-    def __init__(self, file: DatasetFile, spec: TrainSpec, rows: str = "split") -> None:
+    def __init__(
+        self,
+        file: DatasetFile,
+        spec: TrainSpec,
+        rows: Literal["split", "train", "validation"] = "split",
+    ) -> None:
         """``rows``: ``split`` (training and validation rows by the seed), ``train`` or
         ``validation`` (every row)."""
         import pyarrow.parquet as pq
@@ -93,15 +111,12 @@ class Table:
                 raise BadData(f"{self.where} has no column '{name}'", field="dataset.features")
         meta = self.parquet.metadata
         self.sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-        self.firsts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64).tolist()
         t = spec.training
         # Per row group: True where the row validates.
-        self.masks = [
-            validation_rows(self.firsts[g], n, t.seed, t.validation_fraction)
-            if rows == "split"
-            else np.full(n, rows == "validation")
-            for g, n in enumerate(self.sizes)
-        ]
+        if rows == "split":
+            self.masks = validation_masks(self.sizes, t.seed, t.validation_fraction)
+        else:
+            self.masks = [np.full(n, rows == "validation") for n in self.sizes]
         self.n_val = int(sum(int(m.sum()) for m in self.masks))
         self.n_rows = int(sum(self.sizes))
 

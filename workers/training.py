@@ -1,10 +1,12 @@
 """The training loop: one plain function that tests call without Celery.
 
-Data sets here fit in memory, so they become tensors on the device once; each epoch
-gathers its shuffled rows a block at a time, and batches are views of that block: no
-per-sample DataLoader, which costs most of the time on small models
-(``ops/bench/train_loop.py`` measures it). Nothing waits on the device inside an epoch:
-losses and predictions are tallied once per block, and read once per epoch.
+Built-in and inline data sets fit in memory, so they become tensors on the device once;
+each epoch gathers its shuffled rows a block at a time, and batches are views of that
+block: no per-sample DataLoader, which costs most of the time on small models
+(``ops/bench/train_loop.py`` measures it). A stored table comes as a feed
+(``workers.stored_data``) that gives the same blocks whether its rows are loaded or
+streamed by row group. Nothing waits on the device inside an epoch: losses and
+predictions are tallied once per block, and read once per epoch.
 """
 
 from __future__ import annotations
