@@ -105,8 +105,10 @@ class Table:
                 field="dataset.label",
             )
         self.text = d.text
-        self.features = [] if d.text else (d.features or [n for n in names if n != self.label])
-        for name in [*self.features, *([d.text] if d.text else [])]:
+        if self.text is None and BUILDERS[spec.family].family.input_kind == "text":
+            self.text = self._only_text_column()
+        self.features = [] if self.text else (d.features or [n for n in names if n != self.label])
+        for name in [*self.features, *([self.text] if self.text else [])]:
             if name not in names:
                 raise BadData(f"{self.where} has no column '{name}'", field="dataset.features")
         meta = self.parquet.metadata
@@ -119,6 +121,24 @@ class Table:
             self.masks = [np.full(n, rows == "validation") for n in self.sizes]
         self.n_val = int(sum(int(m.sum()) for m in self.masks))
         self.n_rows = int(sum(self.sizes))
+
+    def _only_text_column(self) -> str:
+        """A text family's column when the job names none: the only one of texts."""
+        import pyarrow as pa
+
+        schema = self.parquet.schema_arrow
+        texts = [
+            f.name
+            for f in schema
+            if f.name != self.label
+            and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+        ]
+        if len(texts) != 1:
+            raise BadData(
+                f"{self.where}: name the column of texts among {', '.join(texts) or '(none)'}",
+                field="dataset.text",
+            )
+        return texts[0]
 
     def train_sizes(self) -> list[int]:
         return [int((~m).sum()) for m in self.masks]

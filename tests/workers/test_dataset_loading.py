@@ -180,6 +180,9 @@ def test_streaming_and_loading_give_the_same_model(
     streamed = train(spec)
     same_model(loaded, streamed)
     assert len(loaded.history) == 3 and "val_loss" in loaded.history[-1]
+    if text is not None:  # not named: the only column of texts
+        unnamed = prepare(spec_for(file, family), torch.device("cpu")).feed
+        assert unnamed is not None and unnamed.train_table.text == "words"
 
 
 def test_a_streamed_run_resumes_from_its_checkpoint_as_if_never_stopped(
