@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import os
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import IO, Any, cast
 from shared.artifacts import open_store, s3_filesystem
 from shared.config import get_settings
 from shared.errors import BadData, InvalidSpec, ModelLoadError
+from shared.ingest import ingest
 from shared.schemas import DatasetFile
 from shared.url_sources import check_url
 
@@ -215,36 +215,19 @@ def _changed(file: DatasetFile, on_record: str, found: str) -> str:
 
 
 def _stored_form(file: DatasetFile, src: Path, dest: Path) -> dict[str, Any]:
-    """Put the source's stored form (Parquet) at ``dest`` in the cache; describe it."""
+    """Put the source's stored form (Parquet; npy/npz as they are) at ``dest`` in the
+    cache, checked as an upload is; describe it."""
     where = f"{_where(file)} ({file.uri})"
-    try:
-        ingest = importlib.import_module("shared.ingest")
-    except ModuleNotFoundError:
-        ingest = None
-    if ingest is not None:
-        with _incoming(dest.name) as tmp:
-            try:
-                inspected = ingest.ingest(src, file.format, tmp)
-            except InvalidSpec as exc:
-                raise BadData(f"{where} cannot be used: {exc.detail} ({exc.field})") from None
-        return {
-            "rows": inspected.rows,
-            "columns": inspected.columns,
-            "value_counts": inspected.value_counts,
-        }
-    if file.format != "parquet":
-        raise BadData(f"{where} is {file.format}; this worker reads Parquet URL sources only")
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_metadata(src)
-        schema = pq.read_schema(src)
-    except Exception as exc:  # pyarrow raises several kinds for a file that is no Parquet
-        raise BadData(f"{where} is not a Parquet file: {exc}") from None
     with _incoming(dest.name) as tmp:
-        os.replace(src, tmp)
-    columns = [{"name": f.name, "type": str(f.type)} for f in schema]
-    return {"rows": meta.num_rows, "columns": columns, "value_counts": {}}
+        try:
+            inspected = ingest(src, file.format, tmp)
+        except InvalidSpec as exc:
+            raise BadData(f"{where} cannot be used: {exc.detail} ({exc.field})") from None
+    return {
+        "rows": inspected.rows,
+        "columns": inspected.columns,
+        "value_counts": inspected.value_counts,
+    }
 
 
 def _record_first_read(file: DatasetFile, sha256: str, size: int, described: dict[str, Any]) -> str:
