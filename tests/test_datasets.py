@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import load_wine
 
@@ -62,6 +63,20 @@ def test_a_model_trained_on_a_data_set_matches_one_trained_inline(
     ).json()
     sha256 = uploaded.json()["sha256"]
     assert version["dataset"] == {"name": name, "version": 1, "sha256": sha256}
+    assert version["input_schema"]["columns"] == [f"f{i}" for i in range(13)]
+
+    # Scoring the table reads the columns the model was trained on, unnamed.
+    scored = api_client.post(
+        "/v1/jobs/predict",
+        json={"model_name": stored["model_name"], "dataset": {"name": name}},
+    )
+    assert scored.status_code == 201, scored.text
+    assert wait_job(api_client, scored.json()["id"])["state"] == "succeeded"
+    output = api_client.get(f"/v1/jobs/{scored.json()['id']}/output")
+    assert output.status_code == 200
+    table = pq.read_table(io.BytesIO(output.content))
+    assert table.num_rows == len(rows)
+    assert sum(a == b for a, b in zip(table.column("label").to_pylist(), labels, strict=True)) > 150
 
     # Same inputs, same answers: the model trained on the data set against the inline one.
     for job in (stored, inline):

@@ -385,7 +385,10 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
             model_name=spec.model_name,
             family=spec.family,
             params=spec.params,
-            input_schema=trained.input_schema,
+            # The registry's copy also names a stored table's input columns; the
+            # manifest's stays the builder's own, which loading checks.
+            input_schema=trained.input_schema
+            | ({"columns": trained.columns} if trained.columns else {}),
             metrics=trained.metrics,
             artifact_uri=saved.uri,
             sha256=saved.sha256,

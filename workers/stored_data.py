@@ -353,6 +353,11 @@ class Feed:
         if self.n_train < 1:
             raise BadData(f"{train.where} leaves no rows to train on")
 
+    def columns(self) -> list[str]:
+        """The input columns: the features, or a text family's column of texts."""
+        table = self.train_table
+        return [table.text] if table.text is not None else list(table.features)
+
     def _group(self, g: int, local: torch.Tensor) -> Batch:
         raise NotImplementedError
 

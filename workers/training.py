@@ -56,6 +56,9 @@ class Trained:
     stopped_early: bool = False
     # Training rows seen by this run (a resumed run counts only the epochs it trained).
     samples: int = 0
+    # A stored table's input columns (the texts' one, for a text family), which the
+    # registry records: a batch prediction reads the same ones unless told otherwise.
+    columns: list[str] | None = None
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -445,6 +448,7 @@ def train(
         best_epoch=run.stopper.best_epoch or len(history),
         stopped_early=run.stopper.stopped,
         samples=run.n_train * (len(history) - first + 1),
+        columns=run.feed.columns() if run.feed is not None else None,
     )
 
 
