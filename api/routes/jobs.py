@@ -190,7 +190,12 @@ def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tup
             kind=JobKind.predict,
             model_name=req.model_name,
             spec=spec.model_dump(mode="json"),
-            queue=predict_queue(req.resources.pool),
+            # Scoring a data set is bulk work, which goes to the pool's training workers:
+            # a prediction worker runs batches of sync predictions in its one thread, and
+            # a long job there would hold up every sync request behind it.
+            queue=train_queue(req.resources.pool, 1, 0)
+            if scored is not None
+            else predict_queue(req.resources.pool),
             model_version=version.version,
             priority=req.priority,
             max_attempts=req.max_attempts,
