@@ -34,29 +34,13 @@ from urllib.parse import quote
 import httpx
 
 from shared.config import DEFAULT_API_URL, Settings, get_settings
+from shared.formats import MEDIA_TYPES, SUFFIXES
 from shared.jobstate import TERMINAL
 
 Json = dict[str, Any]
 # (bytes so far, bytes in all; None when the server did not say)
 Progress = Callable[[int, int | None], None]
 
-# A data set's format by its file's suffix, and the content type that says it.
-FORMAT_OF_SUFFIX = {
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".npy": "npy",
-    ".npz": "npz",
-}
-MEDIA_TYPES = {
-    "csv": "text/csv",
-    "parquet": "application/vnd.apache.parquet",
-    "jsonl": "application/x-ndjson",
-    "npy": "application/x-npy",
-    "npz": "application/x-npz",
-}
 # A batch prediction's output, by the suffix of the file it is saved to.
 OUTPUT_TYPES = {".parquet": MEDIA_TYPES["parquet"], ".csv": MEDIA_TYPES["csv"]}
 CHUNK = 1024 * 1024
@@ -397,7 +381,7 @@ class Client:
         column the API checks is there."""
         source = Path(path)
         size = source.stat().st_size
-        fmt = format or FORMAT_OF_SUFFIX.get(source.suffix.lower())
+        fmt = format or SUFFIXES.get(source.suffix.lower())
         params = {"name": name, "filename": source.name}
         if format:
             params["format"] = format

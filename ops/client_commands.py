@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from api.client import FORMAT_OF_SUFFIX, OUTPUT_TYPES, ApiError, Client, Json, job_error
+from api.client import OUTPUT_TYPES, ApiError, Client, Json, job_error
+from shared.formats import SUFFIXES
 
 
 def open_client(ctx: click.Context) -> Client:
@@ -206,7 +207,7 @@ def _inline(data_file: str) -> Json:
         f"upload it with `torchqueue datasets upload {data_file} --name NAME`, then train "
         "with `--dataset NAME --label COLUMN`"
     )
-    if path.suffix.lower() in FORMAT_OF_SUFFIX:
+    if path.suffix.lower() in SUFFIXES:
         raise click.BadParameter(f"{path.name} is a table, not JSON: {upload}", param_hint="--data")
     try:
         return {"inline": _loads(path.read_text())}

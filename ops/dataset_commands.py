@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from api.client import MEDIA_TYPES, ApiError, Json
+from api.client import ApiError, Json
 from ops.client_commands import (
     MB,
     TransferBar,
@@ -18,6 +18,7 @@ from ops.client_commands import (
     open_client,
     parse_version,
 )
+from shared.formats import FORMATS
 
 SHOWN_COLUMNS = 12
 SHOWN_CLASSES = 5
@@ -58,7 +59,7 @@ def _summary(version: Json, uploaded: int) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(sorted(MEDIA_TYPES)),
+    type=click.Choice(FORMATS),
     help="default: from the file's suffix",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the new version as JSON")
@@ -87,9 +88,7 @@ def upload(
 @datasets.command("add-url")
 @click.argument("name")
 @click.argument("url")
-@click.option(
-    "--format", "fmt", type=click.Choice(sorted(MEDIA_TYPES)), help="default: from the URL"
-)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="default: from the URL")
 @click.pass_context
 def add_url(ctx: click.Context, name: str, url: str, fmt: str | None) -> None:
     """A version of data set NAME that the workers read from URL (s3://…, under a prefix

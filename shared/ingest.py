@@ -39,7 +39,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
 import numpy as np
@@ -50,8 +50,8 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from shared.errors import InvalidSpec
+from shared.formats import FORMATS
 
-FORMATS = ("csv", "parquet", "jsonl", "npy", "npz")
 StoredFormat = Literal["parquet", "npy", "npz"]
 
 # A column with more distinct values than this is no set of classes: it gets no counts.
@@ -69,55 +69,12 @@ ROW_GROUP_BYTES = 64 << 20
 _PARQUET_BATCH_ROWS = 1 << 16
 _ARRAY_CHUNK_BYTES = 16 << 20
 
-_CONTENT_TYPES = {
-    "text/csv": "csv",
-    "application/csv": "csv",
-    "application/vnd.apache.parquet": "parquet",
-    "application/x-parquet": "parquet",
-    "application/x-ndjson": "jsonl",
-    "application/jsonl": "jsonl",
-    "application/x-jsonlines": "jsonl",
-    "application/x-npy": "npy",
-    "application/x-npz": "npz",
-}
-_SUFFIXES = {
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".npy": "npy",
-    ".npz": "npz",
-}
 # What a value of each type is, for an error that says a value is not one.
 _WHAT = {"bool": "true or false", "string": "text", "nested": "a list or an object"}
 # What pyarrow raises on a file it cannot read (a corrupt Parquet page is an OSError).
 _READ_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError)
 # How each format says that a value is missing.
 _MISSING = {"csv": "is empty", "jsonl": "is null or missing", "parquet": "is null"}
-
-
-def format_of(fmt: str | None, content_type: str | None, filename: str | None) -> str:
-    """The upload's format: an explicit `fmt` (one of FORMATS) wins, else the content type
-    (its parameters ignored; ``application/octet-stream`` or any type not listed says
-    nothing), else the file name's suffix. Raises InvalidSpec(field="format") when none
-    decides."""
-    accepted = ", ".join(FORMATS)
-    if fmt:
-        if fmt.lower() in FORMATS:
-            return fmt.lower()
-        raise InvalidSpec(f"format {fmt!r} is not one of {accepted}", field="format")
-    media_type = (content_type or "").split(";")[0].strip().lower()
-    if media_type in _CONTENT_TYPES:
-        return _CONTENT_TYPES[media_type]
-    suffix = PurePosixPath(filename or "").suffix.lower()
-    if suffix in _SUFFIXES:
-        return _SUFFIXES[suffix]
-    raise InvalidSpec(
-        f"the data set's format is not given, and neither its content type nor its file name "
-        f"tells it: give a format, one of {accepted}",
-        field="format",
-    )
 
 
 @dataclass(frozen=True)

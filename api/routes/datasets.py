@@ -122,7 +122,7 @@ def _store_and_record(
 
 
 def _register_url(who: Principal, name: str, url: str, fmt: str | None) -> DatasetVersionOut:
-    from shared.ingest import format_of
+    from shared.formats import format_of
     from shared.url_sources import check_url
 
     checked = check_url(url, get_settings().url_prefixes)
@@ -169,7 +169,7 @@ async def upload_dataset(
     file is refused (422) naming the row and column, or the array, at fault."""
     if url is not None:
         return await run_in_threadpool(_register_url, who, name, url, format)
-    from shared.ingest import format_of
+    from shared.formats import format_of
 
     fmt = format_of(format, request.headers.get("content-type"), filename)
     with _scratch() as tmp:

@@ -15,9 +15,6 @@ stops them. Job and in-process runs take turns, twice, and each keeps its better
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -26,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ops import embedded_redis
 from ops.bench.models import MLP_PARAMS, N_CLASSES
-from shared import processes
+from ops.bench.system import System
 
 N_FEATURES = 20
 FEATURES = [f"x{i}" for i in range(N_FEATURES)]
@@ -154,46 +150,20 @@ def rows(figures: dict[str, float]) -> list[Any]:
     ]  # fmt: skip
 
 
-class _System:
+class _System(System):
     """An embedded Redis, a SQLite database and one CPU worker, in a temporary home."""
 
     def __init__(self, threads: int) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="tq-bench-batch-"))
+        super().__init__()
         self.threads = threads
-        self.procs: list[Any] = []
 
     def __enter__(self) -> _System:
-        from shared.celery_app import get_celery
-        from shared.config import get_settings
-        from shared.db.migrate import upgrade
-
-        redis_proc, url = embedded_redis.start(self.home / "redis")
-        self.procs.append(redis_proc)
-        db_url = f"sqlite:///{self.home / 'torchqueue.db'}"
-        os.environ.update(
-            TORCHQUEUE_HOME=str(self.home),
-            TORCHQUEUE_REDIS_URL=url,
-            TORCHQUEUE_DATABASE_URL=db_url,
-            TORCHQUEUE_ARTIFACTS_URL=str(self.home / "artifacts"),
-            TORCHQUEUE_AUTH="off",
-            TORCHQUEUE_PROGRESS_INTERVAL_SECONDS="5",
-            TORCHQUEUE_TORCH_THREADS=str(self.threads),
-        )
-        get_settings.cache_clear()
-        get_celery.cache_clear()
-        upgrade(db_url)
-        argv = [sys.executable, "-m", "ops.cli", "worker", "--cpu"]
-        self.procs.append(processes.spawn(argv, log=self.home / "worker.log", cwd=ROOT))
-        deadline = time.monotonic() + 120
-        while not (get_celery().control.ping(timeout=0.5) or []):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the worker did not start; its log: {self.home}/worker.log")
+        self.base(self.threads)
+        self.worker()
         return self
 
     def __exit__(self, *_: object) -> None:
-        for proc in reversed(self.procs):
-            processes.stop(proc, timeout=15)
-        shutil.rmtree(self.home, ignore_errors=True)
+        self.stop()
 
 
 def main() -> None:

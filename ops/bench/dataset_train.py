@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from ops.bench.system import System
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURES = 20
@@ -112,53 +110,12 @@ def plain_loop(path: Path, training: dict[str, Any], fused: bool = False) -> flo
     return time.perf_counter() - started
 
 
-class Bench:
+class Bench(System):
     """A temporary home with an embedded Redis, SQLite and one training worker."""
 
-    def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="tq-bench-data-"))
-        self.procs: list[Any] = []
-
     def start(self) -> None:
-        from ops import embedded_redis
-        from shared import processes
-
-        redis_proc, url = embedded_redis.start(self.home / "redis")
-        self.procs.append(redis_proc)
-        db_url = f"sqlite:///{self.home / 'torchqueue.db'}"
-        os.environ.update(
-            TORCHQUEUE_HOME=str(self.home),
-            TORCHQUEUE_REDIS_URL=url,
-            TORCHQUEUE_DATABASE_URL=db_url,
-            TORCHQUEUE_ARTIFACTS_URL=str(self.home / "artifacts"),
-            TORCHQUEUE_AUTH="off",
-            TORCHQUEUE_PROGRESS_INTERVAL_SECONDS="5",
-            TORCHQUEUE_TORCH_THREADS=str(THREADS),
-        )
-        from shared.celery_app import get_celery
-        from shared.config import get_settings
-        from shared.db.migrate import upgrade
-
-        get_settings.cache_clear()
-        get_celery.cache_clear()
-        upgrade(db_url)
-        argv = [sys.executable, "-m", "ops.cli", "worker", "--cpu", "--queues", "train"]
-        self.procs.append(processes.spawn(argv, log=self.home / "worker.log", cwd=ROOT))
-        deadline = time.monotonic() + 120
-        while not any(
-            name.startswith("cpu") for reply in get_celery().control.ping(timeout=0.5) or []
-            for name in reply
-        ):  # fmt: skip
-            if time.monotonic() > deadline or self.procs[-1].poll() is not None:
-                raise RuntimeError((self.home / "worker.log").read_text()[-3000:])
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        from shared import processes
-
-        for proc in reversed(self.procs):
-            processes.stop(proc, timeout=15)
-        shutil.rmtree(self.home, ignore_errors=True)
+        self.base(THREADS)
+        self.worker("--queues", "train")
 
     def dataset(self, rows: int) -> tuple[Any, Path]:
         """The table as a stored version, and its file in the (local) store."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -24,7 +23,6 @@ from pathlib import Path
 from api.client import Client
 from ops.bench.suite import Row
 from ops.bench.system import System
-from shared import processes
 
 ROWS = 1_000_000
 COLUMNS = 20  # 19 features and a label
@@ -117,25 +115,8 @@ class ApiOnly(System):
     """Redis, a SQLite database and the API: what an upload needs."""
 
     def start(self) -> None:
-        from ops import embedded_redis
-        from shared.config import get_settings
-        from shared.db.migrate import upgrade
-
-        redis_proc, url = embedded_redis.start(self.home / "redis")
-        self.procs.append(redis_proc)
-        db_url = f"sqlite:///{self.home / 'torchqueue.db'}"
-        os.environ.update(
-            TORCHQUEUE_HOME=str(self.home),
-            TORCHQUEUE_REDIS_URL=url,
-            TORCHQUEUE_DATABASE_URL=db_url,
-            TORCHQUEUE_ARTIFACTS_URL=str(self.home / "artifacts"),
-            TORCHQUEUE_AUTH="off",
-        )
-        get_settings.cache_clear()
-        upgrade(db_url)
-        port = processes.free_port()
-        self.api_url = f"http://127.0.0.1:{port}"
-        self._spawn("api", ["-m", "ops.cli", "api", "--port", str(port)])
+        self.base()
+        self.api()
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

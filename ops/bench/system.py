@@ -29,11 +29,12 @@ class System:
         self.bench_url = ""
         self.api_url = ""
 
-    def start(self) -> None:
+    def base(self, threads: int = 1, **env: str) -> None:
+        """An embedded Redis, a migrated SQLite database and the environment that points
+        every process started next at them (authentication off), in the temporary home."""
         redis_proc, url = embedded_redis.start(self.home / "redis")
         self.procs.append(redis_proc)
         self.redis_url = url
-        self.bench_url = url.rsplit("/", 1)[0] + "/1"
         db_url = f"sqlite:///{self.home / 'torchqueue.db'}"
         os.environ.update(
             TORCHQUEUE_HOME=str(self.home),
@@ -42,8 +43,8 @@ class System:
             TORCHQUEUE_ARTIFACTS_URL=str(self.home / "artifacts"),
             TORCHQUEUE_AUTH="off",
             TORCHQUEUE_PROGRESS_INTERVAL_SECONDS="5",
-            TORCHQUEUE_TORCH_THREADS="1",
-            TORCHQUEUE_BENCH_REDIS_URL=self.bench_url,
+            TORCHQUEUE_TORCH_THREADS=str(threads),
+            **env,
         )
         from shared.celery_app import get_celery
         from shared.config import get_settings
@@ -52,9 +53,31 @@ class System:
         get_settings.cache_clear()
         get_celery.cache_clear()
         upgrade(db_url)
+
+    def api(self) -> None:
         port = processes.free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         self._spawn("api", ["-m", "ops.cli", "api", "--port", str(port)])
+
+    def worker(self, *argv: str, timeout: float = 120) -> None:
+        """One CPU worker (``argv``: more of its options), once it answers a ping."""
+        from shared.celery_app import get_celery
+
+        self._spawn("worker", ["-m", "ops.cli", "worker", "--cpu", *argv])
+        deadline = time.monotonic() + timeout
+        while _pings(get_celery(), "cpu") < 1:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker did not start; its log: {self.home}/worker.log")
+            time.sleep(0.3)
+
+    def start(self) -> None:
+        """What the suite measures: the API, a training and a prediction worker, and the
+        naive Celery baseline's worker."""
+        self.base()
+        self.bench_url = self.redis_url.rsplit("/", 1)[0] + "/1"
+        os.environ["TORCHQUEUE_BENCH_REDIS_URL"] = self.bench_url
+        self.api()
         self._spawn("predict", ["-m", "ops.cli", "worker", "--cpu", "--queues", "predict"])
         self._spawn("train", ["-m", "ops.cli", "worker", "--cpu", "--queues", "train"])
         naive = ["-m", "celery", "-A", "ops.bench.naive", "worker", "--pool", "threads"]

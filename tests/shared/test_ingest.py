@@ -21,7 +21,8 @@ import pytest
 
 from shared import ingest as ingest_module
 from shared.errors import InvalidSpec
-from shared.ingest import FORMATS, format_of, ingest
+from shared.formats import FORMATS, format_of
+from shared.ingest import ingest
 from tests.helpers import ROOT
 
 
