@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from shared.errors import InvalidSpec
 
@@ -82,6 +83,45 @@ def _text_lstm_count(params: Mapping[str, Any], n_features: int, n_outputs: int)
     return vocab * emb + lstm + hidden * n_outputs + n_outputs
 
 
+class TextTransformerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_words: int = Field(1000, ge=2, le=200_000, description="vocabulary cap")
+    max_len: int = Field(64, ge=1, le=4096, description="tokens kept per text")
+    layers: int = Field(2, ge=1, le=24, description="encoder layers")
+    heads: int = Field(4, ge=1, le=64, description="attention heads per layer")
+    width: int = Field(64, ge=1, le=4096, description="d_model: a multiple of heads")
+    feedforward: int = Field(128, ge=1, le=16_384, description="feed-forward width")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @field_validator("width")
+    @classmethod
+    def _heads_divide_width(cls, width: int, info: ValidationInfo) -> int:
+        # Declared after ``heads``: it is in ``info.data`` when it was valid itself.
+        heads = info.data.get("heads")
+        if heads and width % heads:
+            raise PydanticCustomError(
+                "width_heads",
+                "width {width} is not a multiple of heads {heads}: each head takes "
+                "width / heads of it",
+                {"width": width, "heads": heads},
+            )
+        return width
+
+
+def _text_transformer_count(params: Mapping[str, Any], n_features: int, n_outputs: int) -> int:
+    """Token (at most ``num_words`` rows) and position embeddings; per encoder layer the
+    attention's input and output projections, the feed-forward pair and two layer norms;
+    the final layer norm and the linear head."""
+    vocab, width = int(params["num_words"]), int(params["width"])
+    ff, layers = int(params["feedforward"]), int(params["layers"])
+    attention = 3 * width * width + 3 * width + width * width + width
+    feedforward = width * ff + ff + ff * width + width
+    layer = attention + feedforward + 2 * (2 * width)
+    embeddings = vocab * width + int(params["max_len"]) * width
+    return embeddings + layers * layer + 2 * width + width * n_outputs + n_outputs
+
+
 class MLPParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -111,6 +151,16 @@ FAMILIES: dict[str, Family] = {
             params=TextLSTMParams,
             tasks=("classification",),
             count_parameters=_text_lstm_count,
+            binary_as_one_logit=True,
+        ),
+        Family(
+            name="text_transformer",
+            description="text classification: tokenizer, token and position embeddings, "
+            "Transformer encoder, mean pooling, Linear",
+            input_kind="text",
+            params=TextTransformerParams,
+            tasks=("classification",),
+            count_parameters=_text_transformer_count,
             binary_as_one_logit=True,
         ),
         Family(

@@ -39,6 +39,15 @@ CASES = [
         seed=3,
     ),
     _spec("text_lstm", "sentiment", {}, epochs=5, learning_rate=0.01, seed=1),
+    # Dropout in every encoder layer: the generator behind it resumes too.
+    _spec(
+        "text_transformer",
+        "sentiment",
+        {"width": 16, "heads": 2, "feedforward": 32, "max_len": 24},
+        epochs=4,
+        learning_rate=0.003,
+        seed=2,
+    ),
     _spec("mlp", "iris", {}, epochs=40, learning_rate=0.05, early_stopping_patience=3),
     # The default patience, stopped after its best epoch (the first): the kept weights
     # come back from the checkpoint.
@@ -50,7 +59,14 @@ CASES = [
 @pytest.mark.parametrize(
     "spec",
     CASES,
-    ids=["mlp-dropout-sgd", "text_lstm", "early-stopping", "default-patience", "no-patience"],
+    ids=[
+        "mlp-dropout-sgd",
+        "text_lstm",
+        "text_transformer",
+        "early-stopping",
+        "default-patience",
+        "no-patience",
+    ],
 )
 def test_a_resumed_run_ends_like_an_uninterrupted_one(spec: TrainSpec, tmp_path: Path) -> None:
     whole = train(spec)

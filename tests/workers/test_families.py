@@ -25,7 +25,11 @@ def _inputs(name: str) -> list[Any]:
     return [" ".join(words[i : i + 6]) for i in range(0, 30, 3)]
 
 
-PARAMS = {"mlp": {"hidden_sizes": [7, 5], "task": "classification"}, "text_lstm": {"num_words": 12}}
+PARAMS: dict[str, dict[str, Any]] = {
+    "mlp": {"hidden_sizes": [7, 5], "task": "classification"},
+    "text_lstm": {"num_words": 12},
+    "text_transformer": {"num_words": 12, "width": 8, "heads": 2, "feedforward": 6},
+}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

@@ -15,6 +15,7 @@ from shared.families import Family
 
 from .mlp import MLPFamily
 from .text_lstm import TextLSTMFamily
+from .text_transformer import TextTransformerFamily
 
 
 class Preprocessor(Protocol):
@@ -32,4 +33,6 @@ class FamilyBuilder(Protocol):
     def build(self, params: dict[str, Any], pre: Any, n_outputs: int) -> nn.Module: ...
 
 
-BUILDERS: dict[str, FamilyBuilder] = {f.name: f for f in (TextLSTMFamily(), MLPFamily())}
+BUILDERS: dict[str, FamilyBuilder] = {
+    f.name: f for f in (TextLSTMFamily(), TextTransformerFamily(), MLPFamily())
+}
