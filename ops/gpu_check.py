@@ -27,6 +27,7 @@ _OFF = {"early_stopping_patience": None}
 CASES = [
     ("text_lstm", "sentiment", {"epochs": 10, "batch_size": 32, "learning_rate": 0.01, **_OFF}),
     ("mlp", "digits", {"epochs": 30, "batch_size": 64, "learning_rate": 0.01, **_OFF}),
+    ("text_transformer", "sentiment", {"epochs": 10, "learning_rate": 0.003, **_OFF}),
 ]
 
 

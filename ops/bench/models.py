@@ -26,6 +26,17 @@ LSTM_PARAMS: dict[str, Any] = {
     "embedding_dim": 16,
     "hidden_size": 32,
 }
+# The family's defaults, but for the texts' length (the same as the LSTM's).
+TRANSFORMER_PARAMS: dict[str, Any] = {
+    "num_words": 1000,
+    "max_len": 100,
+    "layers": 2,
+    "heads": 4,
+    "width": 64,
+    "feedforward": 128,
+    "dropout": 0.1,
+}
+PARAMS = {"mlp": MLP_PARAMS, "text_lstm": LSTM_PARAMS, "text_transformer": TRANSFORMER_PARAMS}
 WORDS = [f"w{i}" for i in range(1500)]
 
 
@@ -46,7 +57,7 @@ def sample_inputs(family: str, n: int, seed: int = 0) -> list[Any]:
 def build(family: str) -> tuple[Preprocessor, nn.Module]:
     """The preprocessor (fit on generated inputs) and the module in eval mode."""
     builder = BUILDERS[family]
-    params = MLP_PARAMS if family == "mlp" else LSTM_PARAMS
+    params = PARAMS[family]
     pre = builder.fit_preprocessor(params, sample_inputs(family, 2000, seed=1))
     torch.manual_seed(0)
     n_outputs = N_CLASSES if family == "mlp" else 1

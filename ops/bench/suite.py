@@ -74,7 +74,7 @@ def in_process(plan: Plan) -> tuple[list[Row], dict[str, float]]:
     torch.set_num_threads(1)
     rows: list[Row] = []
     ceiling: dict[str, float] = {}
-    for family in ("mlp", "text_lstm"):
+    for family in ("mlp", "text_lstm", "text_transformer"):
         for batch in (1, 256):
             ours = models.rate(family, batch, plan.seconds)
             grad = models.rate(family, batch, plan.seconds / 2, inference_mode=False)
@@ -144,6 +144,7 @@ def _train_serving_models(client: httpx.Client) -> None:
     for name, family, params, inputs, classes in (
         ("bench-mlp", "mlp", models.MLP_PARAMS, rows, models.N_CLASSES),
         ("bench-lstm", "text_lstm", models.LSTM_PARAMS, texts, 2),
+        ("bench-transformer", "text_transformer", models.TRANSFORMER_PARAMS, texts, 2),
     ):
         labels = [rng.randrange(classes) for _ in inputs]
         body = {"model_name": name, "family": family, "params": params,
@@ -178,10 +179,12 @@ def torchqueue_rows(
     as_json, as_tensor = body(rows256), body(_tensor(rows256), outputs="tensor")
     texts = body(models.sample_texts(256, seed=6))
     lstm_url = url.format("bench-lstm")
+    transformer_url = url.format("bench-transformer")
     big = {  # one caller after another, then BIG_CALLERS at once
         name: [load.http_load(u, b, n, requests=plan.big) for n in (1, BIG_CALLERS)]
         for name, u, b in (("json", mlp, as_json), ("tensor", mlp, as_tensor),
-                           ("lstm", lstm_url, texts))
+                           ("lstm", lstm_url, texts),
+                           ("transformer", transformer_url, texts))
     }  # fmt: skip
     n, sec = f"x{CALLERS}", "4 torchqueue sync predict"
     nseq, nconc, noop = naive["seq"], naive["conc"], naive["noop"]
@@ -202,6 +205,7 @@ def torchqueue_rows(
         ("json", "mlp 256 rows/request, JSON", "mlp", None),
         ("tensor", "mlp 256 rows/request, tensor", "mlp", 0.15),
         ("lstm", "text_lstm 256 texts/request, JSON", "text_lstm", 0.5),
+        ("transformer", "text_transformer 256 texts/request, JSON", "text_transformer", 0.5),
     ):
         for callers, result in zip((1, BIG_CALLERS), big[name], strict=True):
             rows.append(
@@ -218,6 +222,7 @@ def torchqueue_rows(
 TRAIN_CASES = [
     ("mlp", "digits", {"epochs": 80, "batch_size": 64, "early_stopping_patience": None}),
     ("text_lstm", "sentiment", {"epochs": 15, "early_stopping_patience": None}),
+    ("text_transformer", "sentiment", {"epochs": 4, "early_stopping_patience": None}),
 ]
 
 
@@ -271,7 +276,7 @@ def training_rows(client: httpx.Client) -> list[Row]:
 
 def render(rows: list[Row]) -> str:
     head = (
-        f"{'figure':44} {'value':>12}  {'baseline':30} {'baseline value':>16} {'ratio':>8}"
+        f"{'figure':48} {'value':>12}  {'baseline':30} {'baseline value':>16} {'ratio':>8}"
         f"  {'target'}"
     )
     lines = [head, "-" * len(head)]
@@ -281,7 +286,7 @@ def render(rows: list[Row]) -> str:
             section = r.section
             lines.append(f"[{section}]")
         lines.append(
-            f"{r.figure:44} {_fmt(r.value, r.unit):>12}  {r.baseline:30} "
+            f"{r.figure:48} {_fmt(r.value, r.unit):>12}  {r.baseline:30} "
             f"{_fmt(r.baseline_value, r.unit):>16} {r.ratio:8.3f}  {r.verdict}"
         )
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from workers.training import Prepared
 CASES = {
     "mlp/digits": ("mlp", "digits", 64),
     "text_lstm/sentiment": ("text_lstm", "sentiment", 32),
+    "text_transformer/sentiment": ("text_transformer", "sentiment", 32),
 }
 
 
@@ -89,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
-        f"{'case':22} {'batch':>5} {'DataLoader':>12} {'in memory':>12} {'torchqueue':>12}"
+        f"{'case':26} {'batch':>5} {'DataLoader':>12} {'in memory':>12} {'torchqueue':>12}"
         f" {'tq/in memory':>13} {'validation':>11}"
     )
     for name, (family, dataset, bs) in CASES.items():
@@ -110,7 +111,7 @@ def main() -> None:
         rate = {k: len(run.tr.x) / v for k, v in best.items()}
         share = best["validation"] / best["torchqueue"]
         print(
-            f"{name:22} {bs:5d} {rate['loader']:10.0f}/s {rate['memory']:10.0f}/s "
+            f"{name:26} {bs:5d} {rate['loader']:10.0f}/s {rate['memory']:10.0f}/s "
             f"{rate['torchqueue']:10.0f}/s {rate['torchqueue'] / rate['memory']:12.2f}x "
             f"{share:10.1%}"
         )

@@ -102,8 +102,8 @@ def test_a_width_that_heads_do_not_divide_is_refused_naming_the_field() -> None:
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_a_text_answers_the_same_whatever_the_padding_beside_it(training: bool) -> None:
-    # In eval mode under inference mode, the encoder takes PyTorch's fused path; in
-    # training mode (no dropout here), the one that trains.
+    # On the CPU, the shorter text's row keeps padding columns, masked (in training mode
+    # too: no dropout here); alone, it has none and no mask.
     pre, module = _built(SMALL | {"dropout": 0.0})
     module.train(training)
     short, long = "w1 w2", " ".join(WORDS[:30])
