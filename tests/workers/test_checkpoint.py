@@ -43,7 +43,7 @@ CASES = [
     _spec(
         "text_transformer",
         "sentiment",
-        {"width": 16, "heads": 2, "feedforward": 32, "max_len": 24},
+        {"layers": 1, "width": 16, "heads": 2, "feedforward": 32, "max_len": 24},
         epochs=4,
         learning_rate=0.003,
         seed=2,
