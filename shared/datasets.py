@@ -17,8 +17,16 @@ class BuiltinDataset:
     input_kind: InputKind
     task: Task
     description: str
-    n_features: int = 0  # feature rows' width; 0 for texts
+    n_features: int = 0  # feature rows' width (an image's values); 0 for texts
     classes: tuple[str | int, ...] = ()  # class k's name at k; none for a regression
+    image: tuple[int, int, int] | None = None  # an image set's [channels, height, width]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """A row's input shape (``shared.families.InputShape``)."""
+        if self.image is not None:
+            return self.image
+        return (self.n_features,) if self.n_features else ()
 
     @property
     def n_classes(self) -> int:
@@ -60,6 +68,15 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
             "1797 8x8 digits, 10 classes",
             64,
             tuple(range(10)),
+        ),
+        BuiltinDataset(
+            "digits_images",
+            "image",
+            "classification",
+            "the 1797 digits as 1x8x8 images, 10 classes",
+            64,
+            tuple(range(10)),
+            image=(1, 8, 8),
         ),
         BuiltinDataset("diabetes", "features", "regression", "442 patients, 10 features", 10),
         BuiltinDataset(

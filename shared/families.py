@@ -11,6 +11,7 @@ same names, and looks its ``Family`` up here by name.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
@@ -20,10 +21,14 @@ from pydantic_core import PydanticCustomError
 
 from shared.errors import InvalidSpec
 
-InputKind = Literal["text", "features"]
+InputKind = Literal["text", "features", "image"]
 Task = Literal["classification", "regression"]
-# (validated params, input width, outputs) -> the number of weights of the built module.
-ParamCounter = Callable[[Mapping[str, Any], int, int], int]
+# A row's input shape: (features,) for feature rows, (channels, height, width) for images,
+# () for texts.
+InputShape = tuple[int, ...]
+# (validated params, a row's input shape, outputs) -> the number of weights of the built
+# module; raises InvalidSpec for an input the parameters cannot take.
+ParamCounter = Callable[[Mapping[str, Any], InputShape, int], int]
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,10 @@ class Family:
             return 1
         return n_classes
 
-    def parameter_count(self, params: Mapping[str, Any], n_features: int, n_outputs: int) -> int:
-        """How many weights the model will have, computed without building it (the API
-        checks it against TORCHQUEUE_MAX_MODEL_PARAMS)."""
-        return self.count_parameters(params, n_features, n_outputs)
+    def parameter_count(self, params: Mapping[str, Any], shape: InputShape, n_outputs: int) -> int:
+        """How many weights the model will have for rows of ``shape``, computed without
+        building it (the API checks it against TORCHQUEUE_MAX_MODEL_PARAMS)."""
+        return self.count_parameters(params, shape, n_outputs)
 
 
 class TextLSTMParams(BaseModel):
@@ -75,7 +80,7 @@ class TextLSTMParams(BaseModel):
     hidden_size: int = Field(32, ge=1, le=2048)
 
 
-def _text_lstm_count(params: Mapping[str, Any], n_features: int, n_outputs: int) -> int:
+def _text_lstm_count(params: Mapping[str, Any], shape: InputShape, n_outputs: int) -> int:
     """Embedding (at most ``num_words`` rows), one LSTM layer, the linear head."""
     vocab, emb = int(params["num_words"]), int(params["embedding_dim"])
     hidden = int(params["hidden_size"])
@@ -109,7 +114,7 @@ class TextTransformerParams(BaseModel):
         return width
 
 
-def _text_transformer_count(params: Mapping[str, Any], n_features: int, n_outputs: int) -> int:
+def _text_transformer_count(params: Mapping[str, Any], shape: InputShape, n_outputs: int) -> int:
     """Token (at most ``num_words`` rows) and position embeddings; per encoder layer the
     attention's input and output projections, the feed-forward pair and two layer norms;
     the final layer norm and the linear head."""
@@ -135,10 +140,71 @@ class MLPParams(BaseModel):
     )
 
 
-def _mlp_count(params: Mapping[str, Any], n_features: int, n_outputs: int) -> int:
+def _mlp_count(params: Mapping[str, Any], shape: InputShape, n_outputs: int) -> int:
     """A weight matrix and a bias per linear layer."""
-    widths = [n_features, *(int(w) for w in params["hidden_sizes"]), n_outputs]
+    widths = [math.prod(shape), *(int(w) for w in params["hidden_sizes"]), n_outputs]
     return sum(a * b + b for a, b in itertools.pairwise(widths))
+
+
+class ImageCNNParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    blocks: int = Field(
+        2, ge=1, le=8, description="convolution blocks; each halves the height and width"
+    )
+    width: int = Field(
+        32, ge=1, le=1024, description="the first block's channels; each next block doubles them"
+    )
+    kernel_size: int = Field(3, ge=1, le=11, description="odd: padded to keep the image size")
+    pooling: Literal["max", "avg"] = "max"
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="before the last linear layer")
+    hidden_size: int = Field(
+        128, ge=0, le=8192, description="the head's hidden layer; 0: none, one linear layer"
+    )
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, k: int) -> int:
+        if k % 2 == 0:
+            raise ValueError("the kernel size must be odd (1, 3, 5, ...)")
+        return k
+
+
+MAX_CHANNELS = 1024
+
+
+def image_cnn_widths(params: Mapping[str, Any]) -> list[int]:
+    """Each block's output channels: ``width``, doubled block after block (capped)."""
+    return [min(int(params["width"]) << b, MAX_CHANNELS) for b in range(int(params["blocks"]))]
+
+
+def image_cnn_pooled(params: Mapping[str, Any], shape: InputShape) -> tuple[int, int]:
+    """The height and width left after every block's 2×2 pooling; InvalidSpec naming
+    ``params.blocks`` when the images are too small for that many blocks."""
+    blocks = int(params["blocks"])
+    _, height, width = shape
+    if min(height, width) >> blocks < 1:
+        fits = max(min(height, width).bit_length() - 1, 0)
+        raise InvalidSpec(
+            f"{blocks} blocks halve the height and width {blocks} times, which images of "
+            f"{height}×{width} cannot take: at most {fits} blocks for them",
+            field="params.blocks",
+        )
+    return height >> blocks, width >> blocks
+
+
+def _image_cnn_count(params: Mapping[str, Any], shape: InputShape, n_outputs: int) -> int:
+    """A kernel and a bias per convolution, then the head over the pooled map."""
+    if len(shape) != 3:
+        return 0  # not known yet (a data set no worker has read): checked when it is
+    k = int(params["kernel_size"])
+    widths = [shape[0], *image_cnn_widths(params)]
+    convs = sum(a * b * k * k + b for a, b in itertools.pairwise(widths))
+    height, width = image_cnn_pooled(params, shape)
+    hidden = int(params["hidden_size"])
+    head = [widths[-1] * height * width, *([hidden] if hidden else []), n_outputs]
+    return convs + sum(a * b + b for a, b in itertools.pairwise(head))
 
 
 FAMILIES: dict[str, Family] = {
@@ -170,6 +236,15 @@ FAMILIES: dict[str, Family] = {
             params=MLPParams,
             tasks=("classification", "regression"),
             count_parameters=_mlp_count,
+        ),
+        Family(
+            name="image_cnn",
+            description="image classification: convolution, activation and pooling blocks, "
+            "then a linear head; inputs [channels, height, width]",
+            input_kind="image",
+            params=ImageCNNParams,
+            tasks=("classification",),
+            count_parameters=_image_cnn_count,
         ),
     )
 }

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -48,8 +49,19 @@ DatasetName = Annotated[
 ]
 Label = int | str | float
 FeatureRow = Annotated[list[float], Field(min_length=1, max_length=10_000)]
+# An image as nested lists [channels][height][width].
+MAX_IMAGE_SIDE = 4096
+ImageRow = Annotated[
+    list[
+        Annotated[
+            list[Annotated[list[float], Field(min_length=1, max_length=MAX_IMAGE_SIDE)]],
+            Field(min_length=1, max_length=MAX_IMAGE_SIDE),
+        ]
+    ],
+    Field(min_length=1, max_length=1024),
+]
 Text = Annotated[str, Field(max_length=20_000)]
-Inputs = list[Text] | list[FeatureRow]
+Inputs = list[Text] | list[FeatureRow] | list[ImageRow]
 
 MAX_ROWS = 200_000
 MAX_PREDICT_ROWS = 10_000
@@ -254,11 +266,28 @@ def _base64_size(data: str) -> int:
     return len(data) // 4 * 3 - data.endswith("=") - data.endswith("==")
 
 
+# The most values one typed tensor may hold: as many as the largest [rows, features].
+MAX_TENSOR_VALUES = MAX_PREDICT_ROWS * 10_000
+
+
+def _tensor_rank(shape: list[int]) -> list[int]:
+    if len(shape) == 3:
+        raise ValueError("a tensor's shape is [rows, features] or [rows, channels, height, width]")
+    if math.prod(shape) > MAX_TENSOR_VALUES:
+        raise ValueError(f"a tensor holds at most {MAX_TENSOR_VALUES:,} values")
+    return shape
+
+
 # The one rule for a typed tensor's shape: the wire model below, and
 # ``shared.validation.check_tensor_shape`` for a shape that did not come through it.
 TensorShape = Annotated[
     list[Annotated[int, Field(ge=1, le=MAX_PREDICT_ROWS)]],
-    Field(min_length=2, max_length=2, description="[rows, features]"),
+    Field(
+        min_length=2,
+        max_length=4,
+        description="[rows, features]; for image models [rows, channels, height, width]",
+    ),
+    AfterValidator(_tensor_rank),
 ]
 
 
@@ -302,8 +331,9 @@ PredictInputs = Annotated[
     | Annotated[Tensor, Tag("as tensor")],
     Discriminator(_inputs_kind),
     Field(
-        description="a list of rows (texts, or lists of numbers), or for numeric models a "
-        "typed tensor {dtype, shape, data}"
+        description="a list of rows (texts, lists of numbers, or for image models nested "
+        "lists [channels][height][width]), or for numeric and image models a typed tensor "
+        "{dtype, shape, data}"
     ),
 ]
 OutputFormat = Annotated[

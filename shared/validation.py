@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -19,7 +19,7 @@ from shared.config import get_settings
 from shared.datasets import BUILTIN_DATASETS, BuiltinDataset
 from shared.db.datasets import file_of
 from shared.errors import InvalidSpec
-from shared.families import FAMILIES, Family, Task
+from shared.families import FAMILIES, Family, InputShape, Task
 from shared.schemas import (
     DatasetSpec,
     DatasetVersionOut,
@@ -103,6 +103,32 @@ def _check_rows(inputs: Inputs, field: str, width: int | None = None) -> None:
             raise InvalidSpec("values must be finite numbers", field=f"{field}[{i}]")
 
 
+def _check_images(inputs: Inputs, field: str, shape: InputShape | None = None) -> InputShape:
+    """Every row nested lists [channels][height][width] of finite numbers, all of one shape
+    (the first row's if not given); returns the shape."""
+    for i, row in enumerate(inputs):
+        if isinstance(row, str) or not all(isinstance(plane, list) for plane in row):
+            raise InvalidSpec(
+                "expected an image as nested lists [channels][height][width]",
+                field=f"{field}[{i}]",
+            )
+        planes = cast(list[list[list[float]]], row)
+        got = (len(planes), len(planes[0]), len(planes[0][0]))
+        shape = got if shape is None else shape
+        if (
+            got != shape
+            or any(len(p) != shape[1] for p in planes)
+            or any(len(line) != shape[2] for p in planes for line in p)
+        ):
+            raise InvalidSpec(
+                f"the image is not of shape {list(shape)} [channels][height][width]",
+                field=f"{field}[{i}]",
+            )
+        if not all(math.isfinite(v) for p in planes for line in p for v in line):
+            raise InvalidSpec("values must be finite numbers", field=f"{field}[{i}]")
+    return shape or ()
+
+
 def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
     field = "dataset.inline"
     if len(data.inputs) != len(data.labels):
@@ -114,6 +140,8 @@ def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
         raise InvalidSpec("this family takes texts (strings)", field=f"{field}.inputs")
     if input_kind == "features":
         _check_rows(data.inputs, f"{field}.inputs")
+    if input_kind == "image":
+        _check_images(data.inputs, f"{field}.inputs")
     if task == "regression":
         for i, y in enumerate(data.labels):
             if isinstance(y, str) or not math.isfinite(y):
@@ -127,17 +155,25 @@ def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
 def _check_size(req: TrainRequest, family: Family, params: dict[str, Any], task: Task) -> None:
     if req.dataset.builtin is not None:
         builtin = BUILTIN_DATASETS[req.dataset.builtin]
-        n_features, n_classes = builtin.n_features, builtin.n_classes
+        shape, n_classes = builtin.shape, builtin.n_classes
     else:
         inline = req.dataset.inline or InlineData(inputs=[""], labels=[0])
-        first = inline.inputs[0]
-        n_features = 0 if isinstance(first, str) else len(first)
+        shape = _row_shape(inline.inputs[0])
         n_classes = 1 if task == "regression" else len({str(y) for y in inline.labels})
-    _check_count(family, params, n_features, family.n_outputs(task, n_classes))
+    _check_count(family, params, shape, family.n_outputs(task, n_classes))
 
 
-def _check_count(family: Family, params: dict[str, Any], n_features: int, n_outputs: int) -> None:
-    count = family.parameter_count(params, n_features, n_outputs)
+def _row_shape(row: Any) -> InputShape:
+    """The shape of one inline row: () for a text, (features,), or (C, H, W)."""
+    if isinstance(row, str):
+        return ()
+    if row and isinstance(row[0], list):
+        return (len(row), len(row[0]), len(row[0][0]))
+    return (len(row),)
+
+
+def _check_count(family: Family, params: dict[str, Any], shape: InputShape, n_outputs: int) -> None:
+    count = family.parameter_count(params, shape, n_outputs)
     limit = get_settings().max_model_params
     if count > limit:
         raise InvalidSpec(
@@ -190,6 +226,38 @@ def _feature_width(data: DatasetSpec, family: Family, columns: dict[str, Any], w
     return sum(_width(columns[n]) for n in features)
 
 
+def _image_shape(
+    data: DatasetSpec, family: Family, columns: dict[str, Any], where: str
+) -> InputShape:
+    """An image family's input: one numeric array column of rows [C, H, W], or [H, W]
+    (one channel); returns the rows' shape as [C, H, W]."""
+    if data.text is not None:
+        raise InvalidSpec(
+            f"family '{family.name}' takes an array of images, not texts", field="dataset.text"
+        )
+    features = data.features or [n for n in columns if n != data.label]
+    field = "dataset.features"
+    if len(features) != 1:
+        raise InvalidSpec(
+            f"family '{family.name}' takes one array of images; {where} has "
+            f"{', '.join(features) or 'none'} besides the label: name it in dataset.features",
+            field=field,
+        )
+    name = features[0]
+    column = columns.get(name)
+    if column is None:
+        raise InvalidSpec(f"{where} has no column '{name}'", field=field)
+    shape = [int(n) for n in column.get("shape") or []]
+    if not column["type"].startswith(_NUMERIC) or len(shape) not in (2, 3):
+        raise InvalidSpec(
+            f"column '{name}' holds {column['type']} values of shape {shape}; family "
+            f"'{family.name}' takes an array of numbers [rows, channels, height, width] (or "
+            "[rows, height, width], one channel), as an .npy or .npz data set holds",
+            field=field,
+        )
+    return tuple(shape) if len(shape) == 3 else (1, *shape)
+
+
 def _label_task(
     params: dict[str, Any], label: str, kind: str, counts: dict[str, int] | None
 ) -> tuple[Task, str, int]:
@@ -218,10 +286,10 @@ def _label_task(
 
 def _stored(
     req: TrainRequest, family: Family, params: dict[str, Any], found: DatasetVersionOut
-) -> tuple[Task, str, int | None, int, str | None]:
+) -> tuple[Task, str, InputShape | None, int, str | None]:
     """Check a stored data set's columns against the request; return the task, the field
-    that decided it, the input width (None for texts, 0 when not yet known), the number
-    of classes (1 for a regression) and a text family's column of texts."""
+    that decided it, a row's input shape (None for texts, and when not yet known), the
+    number of classes (1 for a regression) and a text family's column of texts."""
     data = req.dataset
     where = f"data set '{found.name}' version {found.version}"
     if found.columns is None:  # a URL source that no worker has read yet
@@ -231,21 +299,24 @@ def _stored(
                 "classification or regression",
                 field="params.task",
             )
-        return params.get("task", family.tasks[0]), "params.task", 0, 1, data.text
+        return params.get("task", family.tasks[0]), "params.task", None, 1, data.text
     columns = {c["name"]: c for c in found.columns}
     label = data.label or ""
     if label not in columns:
         raise InvalidSpec(
             f"{where} has no column '{label}'; it has {', '.join(columns)}", field="dataset.label"
         )
-    width, text = None, None
+    shape: InputShape | None = None
+    text = None
     if family.input_kind == "text":
         text = _text_column(data, columns, where)
+    elif family.input_kind == "image":
+        shape = _image_shape(data, family, columns, where)
     else:
-        width = _feature_width(data, family, columns, where)
+        shape = (_feature_width(data, family, columns, where),)
     counts = (found.value_counts or {}).get(label)
     task, decided_by, n_classes = _label_task(params, label, columns[label]["type"], counts)
-    return task, decided_by, width, n_classes, text
+    return task, decided_by, shape, n_classes, text
 
 
 def _same_columns(found: DatasetVersionOut, other: DatasetVersionOut) -> None:
@@ -275,14 +346,14 @@ def resolve_train(
     if req.dataset.name is not None:
         if found is None:
             raise InvalidSpec(f"no data set '{req.dataset.name}'", field="dataset.name")
-        task, decided_by, width, n_classes, text = _stored(req, family, params, found)
+        task, decided_by, shape, n_classes, text = _stored(req, family, params, found)
         family.check_task(task, decided_by)
         if validation is not None:
             _same_columns(found, validation)
         if "task" in params:
             params["task"] = task
-        if width is not None and width > 0:
-            _check_count(family, params, width, family.n_outputs(task, n_classes))
+        if shape is not None and math.prod(shape) > 0:
+            _check_count(family, params, shape, family.n_outputs(task, n_classes))
         dataset = RunDataset.model_validate(
             req.dataset.model_dump(exclude_unset=True)
             | {"version": found.version, "text": text, "file": file_of(found)}
@@ -319,16 +390,33 @@ def resolve_train(
 
 def check_tensor_shape(shape: object, input_schema: Mapping[str, Any]) -> list[int]:
     """Check a typed tensor's ``shape`` (as sent: not yet trusted) against what a model
-    version takes: [rows, features] within the wire's limits, a numeric model, and its
-    number of features. Returns the shape."""
+    version takes: within the wire's limits, a numeric or image model, and its rows'
+    shape ([rows, features], or [rows, channels, height, width]). Returns the shape."""
+    image = input_schema.get("kind") == "image"
+    wanted = f"[rows, {', '.join(str(n) for n in input_schema['shape'])}]" if image else ""
     try:
         checked = _tensor_shape.validate_python(shape, strict=True)
-    except ValidationError:
-        raise InvalidSpec("a tensor's shape is [rows, features]", field="inputs.shape") from None
+    except ValidationError as exc:
+        what = f"{wanted}, [rows, channels, height, width]" if image else "[rows, features]"
+        limits = [e["msg"].removeprefix("Value error, ") for e in exc.errors()]
+        limit = next((f"; {m}" for m in limits if "values" in m), "")
+        raise InvalidSpec(f"a tensor's shape is {what}{limit}", field="inputs.shape") from None
     if input_schema.get("kind") == "text":
         raise InvalidSpec(
             "this model takes texts (strings); typed tensors are for numeric models",
             field="inputs",
+        )
+    if image:
+        if checked[1:] != [int(n) for n in input_schema["shape"]]:
+            raise InvalidSpec(
+                f"shape {checked} does not fit the model, which takes images {wanted}",
+                field="inputs.shape",
+            )
+        return checked
+    if len(checked) != 2:
+        raise InvalidSpec(
+            f"shape {checked}: the model takes feature rows [rows, {input_schema['n_features']}]",
+            field="inputs.shape",
         )
     width = int(input_schema["n_features"])
     if checked[1] != width:
@@ -348,5 +436,8 @@ def check_inputs(inputs: list[Any] | Tensor, input_schema: Mapping[str, Any]) ->
         for i, x in enumerate(inputs):
             if not isinstance(x, str):
                 raise InvalidSpec("this model takes texts (strings)", field=f"inputs[{i}]")
+        return
+    if input_schema.get("kind") == "image":
+        _check_images(inputs, "inputs", tuple(int(n) for n in input_schema["shape"]))
         return
     _check_rows(inputs, "inputs", int(input_schema["n_features"]))

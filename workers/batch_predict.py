@@ -332,9 +332,13 @@ def score(
     if sel.text:
         x = model.encode(_texts(chunk, sel, offset))
     else:
-        width = int(model.manifest["input_schema"]["n_features"])
-        # A tensor goes through the preprocessor as rows do (``Standardizer.encode``).
-        x = model.encode(_features(chunk, sel, offset, width))  # type: ignore[arg-type]
+        schema = model.manifest["input_schema"]
+        shape = [int(n) for n in schema["shape"]] if schema["kind"] == "image" else []
+        width = math.prod(shape) if shape else int(schema["n_features"])
+        # A tensor goes through the preprocessor as rows do (``Standardizer.encode``); an
+        # image model's values take the shape of its images again.
+        rows = _features(chunk, sel, offset, width)
+        x = model.encode(rows.reshape(len(rows), *shape) if shape else rows)  # type: ignore[arg-type]
     scores = model.scores(inference.forward(model, x, BATCH_ROWS)).numpy()
     columns: list[Any] = []
     if sel.id is not None:

@@ -174,7 +174,17 @@ def _resolve(model: str, version: int | str) -> ModelVersionOut:
 
 
 def _forward(run: _Run, model: Any, ready: list[tuple[ServeItem, torch.Tensor]]) -> None:
-    """All the batch's inputs in one pass; each caller's rows of the outputs back."""
+    """The batch's inputs in one pass per shape of their rows (one, for inputs checked
+    against one version; a family whose encoding varies in shape gets a pass per shape),
+    each caller's rows of the outputs back."""
+    shapes: dict[tuple[int, ...], list[tuple[ServeItem, torch.Tensor]]] = {}
+    for item, x in ready:
+        shapes.setdefault(tuple(x.shape[1:]), []).append((item, x))
+    for same in shapes.values():
+        _forward_one(run, model, same)
+
+
+def _forward_one(run: _Run, model: Any, ready: list[tuple[ServeItem, torch.Tensor]]) -> None:
     x = torch.cat([x for _, x in ready])
     try:
         out = inference.forward(model, x)

@@ -30,6 +30,8 @@ class RawData:
     labels: list[Any]
     # The classes in the data set's own order (built-in sets); None: sorted from the labels.
     classes: list[Any] | None = None
+    # A stored data set's input columns (which the model's registry entry records).
+    columns: list[str] | None = None
 
 
 def _named(inputs: Sequence[Any], targets: list[Any], name: str) -> RawData:
@@ -54,13 +56,17 @@ def _builtin(name: str) -> RawData:
         "wine": sk.load_wine,
         "breast_cancer": sk.load_breast_cancer,
         "digits": sk.load_digits,
+        "digits_images": sk.load_digits,
         "diabetes": sk.load_diabetes,
     }
     if name not in loaders:
         raise BadData(f"unknown built-in data set {name!r}")
     bunch = loaders[name]()
-    features = cast(Sequence[Any], torch.from_numpy(bunch.data).float())
-    return _named(features, bunch.target.tolist(), name)
+    features = torch.from_numpy(bunch.data).float()
+    image = BUILTIN_DATASETS[name].image
+    if image is not None:  # the same values, as [rows, channels, height, width]
+        features = features.reshape(len(features), *image)
+    return _named(cast(Sequence[Any], features), bunch.target.tolist(), name)
 
 
 def _numeric(table: Any, columns: list[str], where: str) -> torch.Tensor:
@@ -93,7 +99,30 @@ def _columns(spec: DatasetSpec, names: list[str], where: str) -> list[str]:
     return wanted
 
 
-def _stored(spec: DatasetSpec, file: DatasetFile) -> RawData:
+def _images(table: Any, columns: list[str], where: str) -> torch.Tensor:
+    """One array of images as float32 [rows, C, H, W]; an array [rows, H, W] is one
+    channel."""
+    import numpy as np
+
+    if len(columns) != 1:
+        raise BadData(
+            f"an image family takes one array of images; name it in dataset.features "
+            f"(not {', '.join(columns) or 'none'})",
+            field="dataset.features",
+        )
+    values = np.asarray(table[columns[0]])
+    if values.dtype.kind not in "biuf" or values.ndim not in (3, 4):
+        raise BadData(
+            f"array '{columns[0]}' of {where} holds {values.dtype} values of shape "
+            f"{list(values.shape)}; images are numbers [rows, channels, height, width] (or "
+            "[rows, height, width], one channel)",
+            field="dataset.features",
+        )
+    images = values.astype(np.float32, copy=False)
+    return torch.from_numpy(images if values.ndim == 4 else images[:, None].copy())
+
+
+def _stored(spec: DatasetSpec, file: DatasetFile, input_kind: str) -> RawData:
     """A stored data set's inputs and labels, column by column."""
     path = dataset_files.local_copy(file)
     where = f"data set '{file.name}' version {file.version}"
@@ -104,7 +133,14 @@ def _stored(spec: DatasetSpec, file: DatasetFile) -> RawData:
         with np.load(path, allow_pickle=False) as arrays:
             table = {n: arrays[n] for n in arrays.files} if file.format == "npz" else {}
         features = _columns(spec, list(table), where)
-        return RawData(cast(Sequence[Any], _numeric(table, features, where)), table[label].tolist())
+        read = _images if input_kind == "image" else _numeric
+        x = cast(Sequence[Any], read(table, features, where))
+        return RawData(x, table[label].tolist(), columns=features)
+    if input_kind == "image":
+        raise BadData(
+            f"{where} is {file.format}; images are read from .npy or .npz data sets",
+            field="dataset.name",
+        )
     import pyarrow.parquet as pq
 
     features = _columns(spec, pq.read_schema(path).names, where)
@@ -117,11 +153,12 @@ def _stored(spec: DatasetSpec, file: DatasetFile) -> RawData:
     return RawData(cast(Sequence[Any], _numeric(arrays, features, where)), labels)
 
 
-def load(spec: DatasetSpec) -> RawData:
+def load(spec: DatasetSpec, input_kind: str = "features") -> RawData:
+    """The data set's raw inputs and labels, as the family's ``input_kind`` takes them."""
     if spec.builtin is not None:
         return _builtin(spec.builtin)
     if isinstance(spec, RunDataset) and spec.file is not None:
-        return _stored(spec, spec.file)
+        return _stored(spec, spec.file, input_kind)
     if spec.inline is None:
         raise BadData("the data set has neither 'builtin' nor 'inline'")
     if len(spec.inline.inputs) != len(spec.inline.labels):

@@ -56,7 +56,7 @@ class Trained:
     stopped_early: bool = False
     # Training rows seen by this run (a resumed run counts only the epochs it trained).
     samples: int = 0
-    # A stored table's input columns (the texts' one, for a text family), which the
+    # A stored data set's input columns (the texts' one, for a text family), which the
     # registry records: a batch prediction reads the same ones unless told otherwise.
     columns: list[str] | None = None
 
@@ -273,6 +273,8 @@ class Prepared:
     stopper: EarlyStopping
     baseline: float | None
     amp: bool
+    # A stored data set's input columns (``Trained.columns``).
+    columns: list[str] | None = None
 
     @property
     def n_train(self) -> int:
@@ -315,13 +317,14 @@ def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = N
     builder = BUILDERS[spec.family]
     loaded = builder.load_preprocessor(resume.meta["preprocessor"]) if resume is not None else None
     feed = None
+    columns = None
     if _stored(spec):
         feed, enc, baseline = stored_data.open_feed(spec, device, loaded)
         pre, target, head_kind, n_outputs = enc.pre, enc.target, enc.head, enc.n_outputs
         tr, va = feed.rows()
         has_val = feed.n_val > 0
     else:
-        raw = data.load(spec.dataset)
+        raw = data.load(spec.dataset, builder.family.input_kind)
         if len(raw.inputs) < 1:
             raise BadData("the data set is empty")
         train_idx, val_idx = _split(len(raw.inputs), t.validation_fraction, t.seed)
@@ -332,6 +335,7 @@ def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = N
         va = Rows(x[val_idx].to(device), y[val_idx].to(device))
         baseline = _baseline_mse(tr, va, target) if head_kind == "mse" else None
         has_val = len(va.x) > 0
+        columns = raw.columns
     torch.manual_seed(t.seed)
     module = builder.build(spec.params, pre, n_outputs).to(device)
     return Prepared(
@@ -351,6 +355,7 @@ def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = N
         stopper=EarlyStopping(t.early_stopping_patience if has_val else None),
         baseline=baseline,
         amp=device.type == "cuda",
+        columns=feed.columns() if feed is not None else columns,
     )
 
 
@@ -448,7 +453,7 @@ def train(
         best_epoch=run.stopper.best_epoch or len(history),
         stopped_early=run.stopper.stopped,
         samples=run.n_train * (len(history) - first + 1),
-        columns=run.feed.columns() if run.feed is not None else None,
+        columns=run.columns,
     )
 
 

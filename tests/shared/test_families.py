@@ -50,4 +50,28 @@ def test_outputs_follow_the_task_and_the_binary_rule(
 def test_mlp_parameter_count_by_hand() -> None:
     params = FAMILIES["mlp"].params.model_validate({"hidden_sizes": [3]}).model_dump()
     # 4 -> 3: 12 weights + 3 biases; 3 -> 2: 6 weights + 2 biases.
-    assert FAMILIES["mlp"].parameter_count(params, 4, 2) == 23
+    assert FAMILIES["mlp"].parameter_count(params, (4,), 2) == 23
+
+
+def test_image_cnn_parameter_count_by_hand() -> None:
+    family = FAMILIES["image_cnn"]
+    params = family.params.model_validate(
+        {"blocks": 2, "width": 4, "kernel_size": 3, "hidden_size": 5}
+    ).model_dump()
+    # 1 -> 4: 36 + 4; 4 -> 8: 288 + 8; 8×8 pooled twice is 2×2: 32 -> 5 -> 3.
+    assert family.parameter_count(params, (1, 8, 8), 3) == 40 + 296 + 165 + 18
+
+
+def test_image_cnn_blocks_must_fit_the_images() -> None:
+    family = FAMILIES["image_cnn"]
+    params = family.params.model_validate({"blocks": 4}).model_dump()
+    with pytest.raises(InvalidSpec) as info:
+        family.parameter_count(params, (1, 8, 8), 10)
+    assert info.value.field == "params.blocks"
+    assert "at most 3 blocks" in info.value.detail
+    assert family.parameter_count(params, (3, 16, 20), 10) > 0
+
+
+def test_image_cnn_kernels_are_odd() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        FAMILIES["image_cnn"].params.model_validate({"kernel_size": 4})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from shared.families import FAMILIES
 from workers.families import BUILDERS
@@ -17,9 +18,11 @@ def test_every_family_has_both_halves_under_one_name() -> None:
         assert builder.family is FAMILIES[name]
 
 
-def _inputs(name: str) -> list[Any]:
+def _inputs(name: str) -> Any:
     if name == "mlp":
         return [[float(i), float(i * i), 1.0 - i, 0.5] for i in range(8)]
+    if name == "image_cnn":
+        return torch.arange(6 * 2 * 12 * 10, dtype=torch.float32).reshape(6, 2, 12, 10)
     # More distinct words than the vocabulary holds: the embedding gets all its rows.
     words = [f"w{i}" for i in range(30)]
     return [" ".join(words[i : i + 6]) for i in range(0, 30, 3)]
@@ -29,7 +32,14 @@ PARAMS: dict[str, dict[str, Any]] = {
     "mlp": {"hidden_sizes": [7, 5], "task": "classification"},
     "text_lstm": {"num_words": 12},
     "text_transformer": {"num_words": 12, "width": 8, "heads": 2, "feedforward": 6},
+    "image_cnn": {"blocks": 3, "width": 3, "kernel_size": 5, "hidden_size": 7, "dropout": 0.1},
 }
+
+
+def _shape(schema: dict[str, Any]) -> tuple[int, ...]:
+    if schema["kind"] == "image":
+        return tuple(schema["shape"])
+    return (schema["n_features"],) if schema["kind"] == "features" else ()
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -41,9 +51,9 @@ def test_parameter_count_is_that_of_the_built_module(name: str, n_classes: int) 
     pre = builder.fit_preprocessor(params, inputs)
     n_outputs = family.n_outputs("classification", n_classes)
     module = builder.build(params, pre, n_outputs)
-    n_features = 0 if isinstance(inputs[0], str) else len(inputs[0])
+    shape = _shape(builder.input_schema(pre))
     built = sum(p.numel() for p in module.parameters())
-    assert family.parameter_count(params, n_features, n_outputs) == built
+    assert family.parameter_count(params, shape, n_outputs) == built
 
 
 def test_mlp_regression_count_is_that_of_the_built_module() -> None:
@@ -53,4 +63,4 @@ def test_mlp_regression_count_is_that_of_the_built_module() -> None:
     module = builder.build(params, builder.fit_preprocessor(params, inputs), 1)
     n_outputs = family.n_outputs("regression", 1)
     built = sum(p.numel() for p in module.parameters())
-    assert family.parameter_count(params, len(inputs[0]), n_outputs) == built
+    assert family.parameter_count(params, (len(inputs[0]),), n_outputs) == built

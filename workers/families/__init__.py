@@ -13,6 +13,7 @@ from torch import nn
 
 from shared.families import Family
 
+from .image_cnn import ImageCNNFamily
 from .mlp import MLPFamily
 from .text_lstm import TextLSTMFamily
 from .text_transformer import TextTransformerFamily
@@ -34,5 +35,6 @@ class FamilyBuilder(Protocol):
 
 
 BUILDERS: dict[str, FamilyBuilder] = {
-    f.name: f for f in (TextLSTMFamily(), TextTransformerFamily(), MLPFamily())
+    f.name: f
+    for f in (TextLSTMFamily(), TextTransformerFamily(), MLPFamily(), ImageCNNFamily())
 }
