@@ -107,26 +107,38 @@ def _check_images(inputs: Inputs, field: str, shape: InputShape | None = None) -
     """Every row nested lists [channels][height][width] of finite numbers, all of one shape
     (the first row's if not given); returns the shape."""
     for i, row in enumerate(inputs):
-        if isinstance(row, str) or not all(isinstance(plane, list) for plane in row):
+        got = _image_shape_of(row)
+        if got is None:
             raise InvalidSpec(
-                "expected an image as nested lists [channels][height][width]",
+                "expected an image as nested lists [channels][height][width] of one shape",
+                field=f"{field}[{i}]",
+            )
+        shape = got if shape is None else shape
+        if got != shape:
+            raise InvalidSpec(
+                f"the image is of shape {list(got)}; expected {list(shape)} "
+                "[channels][height][width]",
                 field=f"{field}[{i}]",
             )
         planes = cast(list[list[list[float]]], row)
-        got = (len(planes), len(planes[0]), len(planes[0][0]))
-        shape = got if shape is None else shape
-        if (
-            got != shape
-            or any(len(p) != shape[1] for p in planes)
-            or any(len(line) != shape[2] for p in planes for line in p)
+        if not all(
+            isinstance(v, int | float) and math.isfinite(v) for p in planes for ln in p for v in ln
         ):
-            raise InvalidSpec(
-                f"the image is not of shape {list(shape)} [channels][height][width]",
-                field=f"{field}[{i}]",
-            )
-        if not all(math.isfinite(v) for p in planes for line in p for v in line):
             raise InvalidSpec("values must be finite numbers", field=f"{field}[{i}]")
     return shape or ()
+
+
+def _image_shape_of(row: object) -> InputShape | None:
+    """(C, H, W) of nested lists whose planes and lines each have one length, else None."""
+    if not isinstance(row, list) or not row or not all(isinstance(p, list) and p for p in row):
+        return None
+    lines = [line for plane in row for line in plane]
+    if not all(isinstance(line, list) and line for line in lines):
+        return None
+    height, width = len(row[0]), len(lines[0])
+    if any(len(p) != height for p in row) or any(len(line) != width for line in lines):
+        return None
+    return (len(row), height, width)
 
 
 def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
