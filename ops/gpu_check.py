@@ -24,10 +24,11 @@ from shared import processes
 
 # Early stopping off: the plain loop beside each job runs every epoch.
 _OFF = {"early_stopping_patience": None}
-CASES = [
+CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("text_lstm", "sentiment", {"epochs": 10, "batch_size": 32, "learning_rate": 0.01, **_OFF}),
     ("mlp", "digits", {"epochs": 30, "batch_size": 64, "learning_rate": 0.01, **_OFF}),
     ("text_transformer", "sentiment", {"epochs": 10, "learning_rate": 0.003, **_OFF}),
+    ("image_cnn", "digits_images", {"epochs": 10, "batch_size": 64, **_OFF}),
 ]
 
 

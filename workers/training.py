@@ -305,9 +305,11 @@ def _take(inputs: Sequence[Any], idx: torch.Tensor) -> Sequence[Any]:
 
 
 def _stored(spec: TrainSpec) -> bool:
-    """A stored table: trained through ``stored_data`` (arrays stay on the in-memory path)."""
+    """A stored table: trained through ``stored_data`` (arrays stay on the in-memory path,
+    and so do images, which ``data.load`` reads from arrays only, refusing a table)."""
     file = spec.dataset.file
-    return file is not None and file.format not in ("npy", "npz")
+    images = BUILDERS[spec.family].family.input_kind == "image"
+    return file is not None and file.format not in ("npy", "npz") and not images
 
 
 def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = None) -> Prepared:

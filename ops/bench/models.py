@@ -36,8 +36,17 @@ TRANSFORMER_PARAMS: dict[str, Any] = {
     "feedforward": 128,
     "dropout": 0.1,
 }
-PARAMS = {"mlp": MLP_PARAMS, "text_lstm": LSTM_PARAMS, "text_transformer": TRANSFORMER_PARAMS}
 WORDS = [f"w{i}" for i in range(1500)]
+# The digits' size: 1×8×8 images through the family's default blocks.
+IMAGE_SHAPE = (1, 8, 8)
+IMAGE_PARAMS: dict[str, Any] = {"blocks": 2, "width": 32, "kernel_size": 3, "hidden_size": 128}
+PARAMS = {
+    "mlp": MLP_PARAMS,
+    "text_lstm": LSTM_PARAMS,
+    "text_transformer": TRANSFORMER_PARAMS,
+    "image_cnn": IMAGE_PARAMS,
+}
+OUTPUTS = {"mlp": N_CLASSES, "text_lstm": 1, "text_transformer": 1, "image_cnn": N_CLASSES}
 
 
 def sample_rows(n: int, seed: int = 0) -> list[list[float]]:
@@ -50,18 +59,25 @@ def sample_texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(WORDS, k=rng.randint(20, 120))) for _ in range(n)]
 
 
-def sample_inputs(family: str, n: int, seed: int = 0) -> list[Any]:
+def sample_images(n: int, seed: int = 0) -> torch.Tensor:
+    """Images of IMAGE_SHAPE with values 0..16, as the digits have."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 17, (n, *IMAGE_SHAPE), generator=gen).float()
+
+
+def sample_inputs(family: str, n: int, seed: int = 0) -> Any:
+    if family == "image_cnn":
+        return sample_images(n, seed)
     return sample_rows(n, seed) if family == "mlp" else list(sample_texts(n, seed))
 
 
 def build(family: str) -> tuple[Preprocessor, nn.Module]:
     """The preprocessor (fit on generated inputs) and the module in eval mode."""
     builder = BUILDERS[family]
-    params = PARAMS[family]
+    params = builder.family.params.model_validate(PARAMS[family]).model_dump()
     pre = builder.fit_preprocessor(params, sample_inputs(family, 2000, seed=1))
     torch.manual_seed(0)
-    n_outputs = N_CLASSES if family == "mlp" else 1
-    model = builder.build(params, pre, n_outputs).eval()
+    model = builder.build(params, pre, OUTPUTS[family]).eval()
     return pre, model
 
 

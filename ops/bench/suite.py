@@ -74,7 +74,7 @@ def in_process(plan: Plan) -> tuple[list[Row], dict[str, float]]:
     torch.set_num_threads(1)
     rows: list[Row] = []
     ceiling: dict[str, float] = {}
-    for family in ("mlp", "text_lstm", "text_transformer"):
+    for family in ("mlp", "text_lstm", "text_transformer", "image_cnn"):
         for batch in (1, 256):
             ours = models.rate(family, batch, plan.seconds)
             grad = models.rate(family, batch, plan.seconds / 2, inference_mode=False)
@@ -141,10 +141,12 @@ def _train_serving_models(client: httpx.Client) -> None:
     rng = random.Random(4)
     rows = [[round(v, 4) for v in r] for r in models.sample_rows(1000, seed=5)]
     texts = models.sample_texts(1000, seed=5)
+    images = models.sample_images(1000, seed=5).tolist()
     for name, family, params, inputs, classes in (
         ("bench-mlp", "mlp", models.MLP_PARAMS, rows, models.N_CLASSES),
         ("bench-lstm", "text_lstm", models.LSTM_PARAMS, texts, 2),
         ("bench-transformer", "text_transformer", models.TRANSFORMER_PARAMS, texts, 2),
+        ("bench-cnn", "image_cnn", models.IMAGE_PARAMS, images, models.N_CLASSES),
     ):
         labels = [rng.randrange(classes) for _ in inputs]
         body = {"model_name": name, "family": family, "params": params,
@@ -160,6 +162,13 @@ def _tensor(rows: list[list[float]]) -> dict[str, Any]:
     data = b"".join(struct.pack(f"<{len(r)}f", *r) for r in rows)
     return {"dtype": "float32", "shape": [len(rows), len(rows[0])],
             "data": base64.b64encode(data).decode()}  # fmt: skip
+
+
+def _image_tensor(n: int, seed: int) -> dict[str, Any]:
+    """``n`` images of the benchmark's shape as a typed tensor [n, C, H, W]."""
+    from workers import tensors
+
+    return tensors.encode(models.sample_images(n, seed))
 
 
 def torchqueue_rows(
@@ -178,13 +187,14 @@ def torchqueue_rows(
     rows256 = models.sample_rows(256, seed=6)
     as_json, as_tensor = body(rows256), body(_tensor(rows256), outputs="tensor")
     texts = body(models.sample_texts(256, seed=6))
-    lstm_url = url.format("bench-lstm")
+    lstm_url, cnn_url = url.format("bench-lstm"), url.format("bench-cnn")
     transformer_url = url.format("bench-transformer")
+    images = body(_image_tensor(256, seed=6), outputs="tensor")
     big = {  # one caller after another, then BIG_CALLERS at once
         name: [load.http_load(u, b, n, requests=plan.big) for n in (1, BIG_CALLERS)]
         for name, u, b in (("json", mlp, as_json), ("tensor", mlp, as_tensor),
                            ("lstm", lstm_url, texts),
-                           ("transformer", transformer_url, texts))
+                           ("transformer", transformer_url, texts), ("cnn", cnn_url, images))
     }  # fmt: skip
     n, sec = f"x{CALLERS}", "4 torchqueue sync predict"
     nseq, nconc, noop = naive["seq"], naive["conc"], naive["noop"]
@@ -206,6 +216,7 @@ def torchqueue_rows(
         ("tensor", "mlp 256 rows/request, tensor", "mlp", 0.15),
         ("lstm", "text_lstm 256 texts/request, JSON", "text_lstm", 0.5),
         ("transformer", "text_transformer 256 texts/request, JSON", "text_transformer", 0.5),
+        ("cnn", "image_cnn 256 images/request, tensor", "image_cnn", None),
     ):
         for callers, result in zip((1, BIG_CALLERS), big[name], strict=True):
             rows.append(
@@ -223,6 +234,11 @@ TRAIN_CASES = [
     ("mlp", "digits", {"epochs": 80, "batch_size": 64, "early_stopping_patience": None}),
     ("text_lstm", "sentiment", {"epochs": 15, "early_stopping_patience": None}),
     ("text_transformer", "sentiment", {"epochs": 4, "early_stopping_patience": None}),
+    (
+        "image_cnn",
+        "digits_images",
+        {"epochs": 2, "batch_size": 64, "early_stopping_patience": None},
+    ),
 ]
 
 

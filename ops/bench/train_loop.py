@@ -29,6 +29,7 @@ CASES = {
     "mlp/digits": ("mlp", "digits", 64),
     "text_lstm/sentiment": ("text_lstm", "sentiment", 32),
     "text_transformer/sentiment": ("text_transformer", "sentiment", 32),
+    "image_cnn/digits_images": ("image_cnn", "digits_images", 64),
 }
 
 

@@ -109,7 +109,8 @@ class ModelVersion(Base):
     version: Mapped[int]
     family: Mapped[str] = mapped_column(sa.String(64))
     params: Mapped[dict[str, Any]]
-    # What a prediction must send: {"kind": "text"} or {"kind": "features", "n_features": N}.
+    # What a prediction must send: {"kind": "text"}, {"kind": "features", "n_features": N}
+    # or {"kind": "image", "shape": [C, H, W]}.
     input_schema: Mapped[dict[str, Any]]
     metrics: Mapped[dict[str, Any]]
     artifact_uri: Mapped[str] = mapped_column(sa.String(1024))

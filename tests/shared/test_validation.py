@@ -120,7 +120,7 @@ def test_an_image_model_takes_nested_lists_of_its_shape() -> None:
     check_inputs([image, image], IMAGES)
     for i, bad in enumerate(([[[0.0] * 8 for _ in range(7)]], [[0.0] * 64], "a text")):
         with pytest.raises(InvalidSpec) as info:
-            check_inputs([image, bad], IMAGES)  # type: ignore[list-item]
+            check_inputs([image, bad], IMAGES)
         assert info.value.field == "inputs[1]", i
     nan = [[[float("nan")] * 8 for _ in range(8)]]
     with pytest.raises(InvalidSpec, match="finite"):

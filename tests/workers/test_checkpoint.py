@@ -53,6 +53,14 @@ CASES = [
     # come back from the checkpoint.
     _spec("mlp", "breast_cancer", {}, epochs=40, learning_rate=0.05),
     _spec("mlp", "iris", {}, epochs=12, learning_rate=0.05, early_stopping_patience=None),
+    _spec(
+        "image_cnn",
+        "digits_images",
+        {"width": 4, "hidden_size": 16, "dropout": 0.2},
+        epochs=5,
+        learning_rate=0.01,
+        seed=2,
+    ),
 ]
 
 
@@ -66,6 +74,7 @@ CASES = [
         "early-stopping",
         "default-patience",
         "no-patience",
+        "image_cnn",
     ],
 )
 def test_a_resumed_run_ends_like_an_uninterrupted_one(spec: TrainSpec, tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ images read from a stored npz data set."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -57,10 +58,10 @@ def test_parameter_count_is_that_of_the_built_module(
 ) -> None:
     family, builder = FAMILIES["image_cnn"], BUILDERS["image_cnn"]
     checked = family.params.model_validate(params).model_dump()
-    pre = builder.fit_preprocessor(checked, torch.rand(4, *shape))
+    pre = builder.fit_preprocessor(checked, cast(Sequence[Any], torch.rand(4, *shape)))
     module = builder.build(checked, pre, 7)
     assert family.parameter_count(checked, shape, 7) == sum(p.numel() for p in module.parameters())
-    assert module(pre.encode(torch.rand(3, *shape))).shape == (3, 7)
+    assert module(pre.encode(cast(Sequence[Any], torch.rand(3, *shape)))).shape == (3, 7)
 
 
 def test_the_digits_images_are_learnt_to_95_percent(digits: Trained) -> None:

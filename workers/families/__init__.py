@@ -35,6 +35,5 @@ class FamilyBuilder(Protocol):
 
 
 BUILDERS: dict[str, FamilyBuilder] = {
-    f.name: f
-    for f in (TextLSTMFamily(), TextTransformerFamily(), MLPFamily(), ImageCNNFamily())
+    f.name: f for f in (TextLSTMFamily(), TextTransformerFamily(), MLPFamily(), ImageCNNFamily())
 }
