@@ -250,9 +250,10 @@ def _image_shape(
     features = data.features or [n for n in columns if n != data.label]
     field = "dataset.features"
     if len(features) != 1:
+        has = "" if data.features else f" ({where} has {', '.join(features) or 'none'} besides "
         raise InvalidSpec(
-            f"family '{family.name}' takes one array of images; {where} has "
-            f"{', '.join(features) or 'none'} besides the label: name it in dataset.features",
+            f"family '{family.name}' takes one array of images: name it in dataset.features"
+            + (f"{has}the label)" if has else ""),
             field=field,
         )
     name = features[0]

@@ -57,7 +57,7 @@ CASES = [
         "image_cnn",
         "digits_images",
         {"width": 4, "hidden_size": 16, "dropout": 0.2},
-        epochs=5,
+        epochs=4,
         learning_rate=0.01,
         seed=2,
     ),
