@@ -237,7 +237,7 @@ TRAIN_CASES = [
     (
         "image_cnn",
         "digits_images",
-        {"epochs": 5, "batch_size": 64, "early_stopping_patience": None},
+        {"epochs": 10, "batch_size": 64, "early_stopping_patience": None},
     ),
 ]
 
