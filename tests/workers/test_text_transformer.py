@@ -86,7 +86,9 @@ def test_the_parameter_count_is_that_of_the_built_module(
     )  # every embedding row is built
     n_outputs = FAMILY.n_outputs("classification", n_classes)
     module = BUILDER.build(full, pre, n_outputs)
-    assert FAMILY.parameter_count(full, 0, n_outputs) == sum(p.numel() for p in module.parameters())
+    assert FAMILY.parameter_count(full, (), n_outputs) == sum(
+        p.numel() for p in module.parameters()
+    )
 
 
 def test_a_width_that_heads_do_not_divide_is_refused_naming_the_field() -> None:
