@@ -80,6 +80,19 @@ class ArtifactStore(Protocol):
         ...
 
 
+def _copy_whole(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` through a temporary file beside it: ``dest`` is the old
+    file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class LocalArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
@@ -130,28 +143,14 @@ class LocalArtifactStore:
         try:
             os.replace(path, dest)  # the same file system: a rename, nothing copied
         except OSError:
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-            os.close(fd)
-            try:
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            _copy_whole(path, dest)
         return self.uri(key)
 
     def get_file(self, key: str, dest: Path) -> None:
         source = self.local_path(key)
         if source is None or not source.is_file():
             raise ModelLoadError(f"artifact {self.uri(key)} is missing")
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-        os.close(fd)
-        try:
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _copy_whole(source, dest)
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)

@@ -25,9 +25,9 @@ class TextLSTM(nn.Module):
         return self.head(hidden[-1])
 
 
-class TextLSTMFamily:
-    name = "text_lstm"
-    family = FAMILIES[name]
+class Tokenized:
+    """What the text families share: a tokenizer of ``num_words`` and ``max_len`` fit on
+    the training texts, and texts as their input."""
 
     def fit_preprocessor(self, params: dict[str, Any], inputs: Sequence[Any]) -> Tokenizer:
         return Tokenizer(params["num_words"], params["max_len"]).fit(inputs)
@@ -37,6 +37,11 @@ class TextLSTMFamily:
 
     def input_schema(self, pre: Tokenizer) -> dict[str, Any]:
         return {"kind": "text"}
+
+
+class TextLSTMFamily(Tokenized):
+    name = "text_lstm"
+    family = FAMILIES[name]
 
     def build(self, params: dict[str, Any], pre: Tokenizer, n_outputs: int) -> nn.Module:
         return TextLSTM(pre.vocab_size, params["embedding_dim"], params["hidden_size"], n_outputs)

@@ -4,13 +4,13 @@ classes (its family's ``binary_as_one_logit``), one per class for more."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from shared.families import FAMILIES
+from workers.families.text_lstm import Tokenized
 from workers.preprocess import PAD, Tokenizer
 
 
@@ -90,18 +90,9 @@ def _trim(
     return ids, keep, None if bool(keep.all()) else ~keep
 
 
-class TextTransformerFamily:
+class TextTransformerFamily(Tokenized):
     name = "text_transformer"
     family = FAMILIES[name]
-
-    def fit_preprocessor(self, params: dict[str, Any], inputs: Sequence[Any]) -> Tokenizer:
-        return Tokenizer(params["num_words"], params["max_len"]).fit(inputs)
-
-    def load_preprocessor(self, data: dict[str, Any]) -> Tokenizer:
-        return Tokenizer.from_json(data)
-
-    def input_schema(self, pre: Tokenizer) -> dict[str, Any]:
-        return {"kind": "text"}
 
     def build(self, params: dict[str, Any], pre: Tokenizer, n_outputs: int) -> nn.Module:
         return TextTransformer(
