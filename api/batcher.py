@@ -136,6 +136,8 @@ class _Gathering:
     rows: int = 0
     timer: asyncio.TimerHandle | None = None
     in_flight: int = 0
+    # The version's family, which chooses the queue (a plugin's family has its own).
+    family: str | None = None
 
 
 class Sender:
@@ -215,17 +217,19 @@ class Batcher:
         self._served = _Fresh(_served_queues, SERVED_TTL_SECONDS)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def limits(self, model: str) -> tuple[int, float]:
-        """(max rows per batch, max wait in ms) for a model: its own, else the global."""
+    async def limits(self, model: str, version: str = "latest") -> tuple[int, float, str | None]:
+        """(max rows per batch, max wait in ms) for a model: its own, else the global;
+        and the family of its ``version`` (None while unknown)."""
         settings = get_settings()
         if model not in self._knobs:
             if len(self._knobs) >= MAX_MODELS_KNOWN:  # names that callers made up, too
                 del self._knobs[next(iter(self._knobs))]
-            self._knobs[model] = _Fresh(lambda: _batching_of(model), KNOBS_TTL_SECONDS)
-        own: BatchingIn = await self._knobs[model].get() or BatchingIn()
+            self._knobs[model] = _Fresh(lambda: _serving_of(model), KNOBS_TTL_SECONDS)
+        serving: tuple[BatchingIn, dict[str, str]] | None = await self._knobs[model].get()
+        own, families = serving or (BatchingIn(), {})
         rows = own.max_batch_size or settings.max_batch_size
         wait = own.max_wait_ms if own.max_wait_ms is not None else settings.max_wait_ms
-        return rows, wait
+        return rows, wait, families.get(version)
 
     def forget_limits(self, model: str) -> None:
         self._knobs.pop(model, None)
@@ -235,9 +239,10 @@ class Batcher:
     ) -> asyncio.Future[Outcome]:
         """Queue a request for its batch; the future holds its outcome."""
         await self.replies.start()
-        max_rows, wait_ms = await self.limits(model)
+        max_rows, wait_ms, family = await self.limits(model, str(version))
         key = (model, str(version), pool)
         gathering = self._keys.setdefault(key, _Gathering())
+        gathering.family = family
         if gathering.items and gathering.rows + rows > max_rows:
             self._flush(key)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -269,7 +274,7 @@ class Batcher:
 
         for request in items:
             request.future.add_done_callback(one_done)
-        task = asyncio.create_task(self._dispatch(key, items))
+        task = asyncio.create_task(self._dispatch(key, items, gathering.family))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -281,12 +286,14 @@ class Batcher:
         elif not gathering.items and gathering.in_flight == 0:
             del self._keys[key]
 
-    async def _dispatch(self, key: tuple[str, str, str], items: list[_Request]) -> None:
+    async def _dispatch(
+        self, key: tuple[str, str, str], items: list[_Request], family: str | None
+    ) -> None:
         model, version, pool = key
         ready = [r for r in items if not r.future.done()]  # a caller may have gone
         if not ready:
             return
-        queue_name = predict_queue(pool)
+        queue_name = predict_queue(pool, family)
         batch = ServeBatch(
             model=model,
             version=int(version) if version.isdigit() else version,
@@ -303,7 +310,8 @@ class Batcher:
             return
         if waiting_reason(queue_name, await self._served.get() or ()) is None:
             return
-        why = waiting_reason(queue_name, await self._served.get(within=0.5) or ())  # make sure
+        served = await self._served.get(within=0.5) or ()  # make sure
+        why = waiting_reason(queue_name, served, family)
         if why is not None:
             self._queued(ready, why)
 
@@ -331,6 +339,7 @@ def _served_queues() -> set[str]:
         return fleet.served_queues(s, get_settings().worker_offline_after_seconds)
 
 
-def _batching_of(model: str) -> BatchingIn:
+def _serving_of(model: str) -> tuple[BatchingIn, dict[str, str]]:
+    """A model's own batching settings, and the family of each of its versions."""
     with read_scope() as s:
-        return model_registry.model_batching(s, model)
+        return model_registry.model_batching(s, model), model_registry.families_of(s, model)

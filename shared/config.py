@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # cancellation are checked at.
     predict_chunk_rows: int = Field(default=131_072, ge=1, le=10_000_000)
     max_model_params: int = 20_000_000
+    # Which installed plugins' model families a worker loads (entry points of the group
+    # `torchqueue.families`): `*` every one, a comma list of distribution names, or
+    # `none`. torchqueue's own families always load.
+    family_plugins: str = "*"
     max_wait_seconds: float = 300.0
     # Threads torch may use in one worker process (0: let torch decide).
     torch_threads: int = 0

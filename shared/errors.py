@@ -13,6 +13,8 @@ TorchqueueError                 500  internal_error (never shown with a tracebac
 │                                    (a worker that cannot claim its job retries it later)
 └── JobError                         why a job failed; stored on the job, never raised over HTTP
     ├── BadData                      bad_data: the data set cannot be used
+    ├── SpecRefused                  invalid_spec: the family's own code refused the job's
+    │                                parameters or size on the worker; names `field`
     ├── NonFiniteLoss                nan_loss: training diverged
     ├── ModelLoadError               model_load_error: a missing or tampered artifact
     ├── OutOfMemory                  out_of_memory: the device (or the host) ran out of memory
@@ -81,6 +83,10 @@ class JobError(TorchqueueError):
 
 class BadData(JobError):
     type = "bad_data"
+
+
+class SpecRefused(JobError):
+    type = "invalid_spec"
 
 
 class NonFiniteLoss(JobError):

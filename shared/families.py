@@ -2,10 +2,13 @@
 
 A ``Family`` holds everything about a family that can be decided without torch: its name,
 its parameters' pydantic schema, the kind of input it takes, the tasks it can do, how it
-decides an "auto" task, how many outputs it needs and how many weights it will have. The
-API validates a request with it before any worker sees the job. The worker's half (the
-``nn.Module``, the preprocessing) lives in ``workers/families``, in ``BUILDERS`` under the
-same names, and looks its ``Family`` up here by name.
+decides an "auto" task, how many outputs it needs and how many weights it will have, and
+where its torch half (``builder``: the ``nn.Module``, the preprocessing) is imported from.
+Families are registered through the entry-point group ``torchqueue.families``, the
+built-ins below like any plugin's; a worker loads them (``workers.family_plugins``) and
+reports them as ``FamilyInfo``. The API knows a plugin's family only by that report: a
+``DescribedFamily``, whose parameters are checked against the JSON Schema it carries
+(``shared.param_schema``), while the family's own code runs on the workers alone.
 """
 
 from __future__ import annotations
@@ -29,20 +32,37 @@ InputShape = tuple[int, ...]
 # (validated params, a row's input shape, outputs) -> the number of weights of the built
 # module; raises InvalidSpec for an input the parameters cannot take.
 ParamCounter = Callable[[Mapping[str, Any], InputShape, int], int]
+# What a family may be called: it becomes part of queue names.
+FAMILY_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+# The entry-point group that registers families, and the distribution whose families
+# every worker has (it is the worker's own code).
+ENTRY_POINT_GROUP = "torchqueue.families"
+OWN_PACKAGE = "torchqueue"
 
 
-@dataclass(frozen=True)
-class Family:
-    """One model family, torch-free. ``binary_as_one_logit``: two classes are one logit
-    under a sigmoid (BCE) rather than two under a softmax (CE)."""
+class FamilyInfo(BaseModel):
+    """A family as a worker reports it and the API shows it: everything but its code.
+    ``params`` is the JSON Schema of its parameters, with their defaults and limits."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=FAMILY_NAME_PATTERN)
+    description: str = ""
+    input_kind: InputKind
+    tasks: list[Task] = Field(min_length=1)
+    params: dict[str, Any]
+    binary_as_one_logit: bool = False
+    # The distribution that registered it, and its version.
+    package: str = OWN_PACKAGE
+    version: str = ""
+
+
+class _TaskRules:
+    """What a family decides from its tasks alone, whether its code is here or not."""
 
     name: str
-    description: str
-    input_kind: InputKind
-    params: type[BaseModel]
     tasks: tuple[Task, ...]
-    count_parameters: ParamCounter
-    binary_as_one_logit: bool = False
+    binary_as_one_logit: bool
 
     def decide_task(self, params: Mapping[str, Any], labels: Sequence[object]) -> Task:
         """The task the parameters ask for; for "auto" (or a family without a ``task``
@@ -65,10 +85,71 @@ class Family:
             return 1
         return n_classes
 
+
+@dataclass(frozen=True)
+class Family(_TaskRules):
+    """One model family's torch-free code. ``binary_as_one_logit``: two classes are one
+    logit under a sigmoid (BCE) rather than two under a softmax (CE). ``builder``:
+    ``module:attribute`` of its torch half, imported only where a model is trained or
+    served."""
+
+    name: str
+    description: str
+    input_kind: InputKind
+    params: type[BaseModel]
+    tasks: tuple[Task, ...]
+    count_parameters: ParamCounter
+    builder: str
+    binary_as_one_logit: bool = False
+
     def parameter_count(self, params: Mapping[str, Any], shape: InputShape, n_outputs: int) -> int:
         """How many weights the model will have for rows of ``shape``, computed without
-        building it (the API checks it against TORCHQUEUE_MAX_MODEL_PARAMS)."""
+        building it (checked against TORCHQUEUE_MAX_MODEL_PARAMS)."""
         return self.count_parameters(params, shape, n_outputs)
+
+    def describe(self, package: str = OWN_PACKAGE, version: str = "") -> FamilyInfo:
+        """What a worker reports of the family, and the API knows of it: no code."""
+        return FamilyInfo(
+            name=self.name,
+            description=self.description,
+            input_kind=self.input_kind,
+            tasks=list(self.tasks),
+            params=self.params.model_json_schema(),
+            binary_as_one_logit=self.binary_as_one_logit,
+            package=package,
+            version=version,
+        )
+
+
+@dataclass(frozen=True)
+class DescribedFamily(_TaskRules):
+    """A family known by what workers reported of it (``FamilyInfo``), not by its code:
+    its parameters are checked against their JSON Schema, its size on the worker."""
+
+    info: FamilyInfo
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.info.name
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:  # type: ignore[override]
+        return tuple(self.info.tasks)
+
+    @property
+    def binary_as_one_logit(self) -> bool:  # type: ignore[override]
+        return self.info.binary_as_one_logit
+
+    @property
+    def input_kind(self) -> InputKind:
+        return self.info.input_kind
+
+    @property
+    def description(self) -> str:
+        return self.info.description
+
+
+AnyFamily = Family | DescribedFamily
 
 
 class TextLSTMParams(BaseModel):
@@ -207,44 +288,49 @@ def _image_cnn_count(params: Mapping[str, Any], shape: InputShape, n_outputs: in
     return convs + sum(a * b + b for a, b in itertools.pairwise(head))
 
 
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family(
-            name="text_lstm",
-            description="text classification: tokenizer, Embedding, LSTM, Linear",
-            input_kind="text",
-            params=TextLSTMParams,
-            tasks=("classification",),
-            count_parameters=_text_lstm_count,
-            binary_as_one_logit=True,
-        ),
-        Family(
-            name="text_transformer",
-            description="text classification: tokenizer, token and position embeddings, "
-            "Transformer encoder, mean pooling, Linear",
-            input_kind="text",
-            params=TextTransformerParams,
-            tasks=("classification",),
-            count_parameters=_text_transformer_count,
-            binary_as_one_logit=True,
-        ),
-        Family(
-            name="mlp",
-            description="tabular classification or regression: a multilayer perceptron",
-            input_kind="features",
-            params=MLPParams,
-            tasks=("classification", "regression"),
-            count_parameters=_mlp_count,
-        ),
-        Family(
-            name="image_cnn",
-            description="image classification: convolution, activation and pooling blocks, "
-            "then a linear head; inputs [channels, height, width]",
-            input_kind="image",
-            params=ImageCNNParams,
-            tasks=("classification",),
-            count_parameters=_image_cnn_count,
-        ),
-    )
-}
+TEXT_LSTM = Family(
+    name="text_lstm",
+    description="text classification: tokenizer, Embedding, LSTM, Linear",
+    input_kind="text",
+    params=TextLSTMParams,
+    tasks=("classification",),
+    builder="workers.families.text_lstm:TextLSTMFamily",
+    count_parameters=_text_lstm_count,
+    binary_as_one_logit=True,
+)
+
+TEXT_TRANSFORMER = Family(
+    name="text_transformer",
+    description="text classification: tokenizer, token and position embeddings, "
+    "Transformer encoder, mean pooling, Linear",
+    input_kind="text",
+    params=TextTransformerParams,
+    tasks=("classification",),
+    builder="workers.families.text_transformer:TextTransformerFamily",
+    count_parameters=_text_transformer_count,
+    binary_as_one_logit=True,
+)
+
+MLP = Family(
+    name="mlp",
+    description="tabular classification or regression: a multilayer perceptron",
+    input_kind="features",
+    params=MLPParams,
+    tasks=("classification", "regression"),
+    builder="workers.families.mlp:MLPFamily",
+    count_parameters=_mlp_count,
+)
+
+IMAGE_CNN = Family(
+    name="image_cnn",
+    description="image classification: convolution, activation and pooling blocks, "
+    "then a linear head; inputs [channels, height, width]",
+    input_kind="image",
+    params=ImageCNNParams,
+    tasks=("classification",),
+    builder="workers.families.image_cnn:ImageCNNFamily",
+    count_parameters=_image_cnn_count,
+)
+
+# The built-in families, registered under these names in torchqueue's own entry points.
+FAMILIES: dict[str, Family] = {f.name: f for f in (TEXT_LSTM, TEXT_TRANSFORMER, MLP, IMAGE_CNN)}

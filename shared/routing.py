@@ -5,6 +5,11 @@ A training job's queue names its pool, how many devices it needs and a memory ti
 pool P, consumes ``train.P.dN.m<t>`` for every tier t up to M, so a job lands only on a
 worker that owns exactly the devices it asked for, with at least the memory it asked
 for. Predictions go to ``predict.<pool>``: they never wait behind training.
+
+A plugin's family has queues of its own, the same names with the family's after them
+(``train.P.dN.m<t>.<family>``, ``predict.P.<family>``), which only workers that loaded
+it consume: a job never reaches a worker without its family. The built-in families are
+the worker's own code, which every worker has: their jobs take the plain queues.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Collection
 
 from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
 from shared.errors import InvalidSpec
+from shared.families import FAMILIES
 
 # Device memory tiers in GB (the common sizes of data-centre GPUs); a job's minimum rounds
 # up to a tier, a worker's memory down.
@@ -35,32 +41,53 @@ def memory_tier(min_gb: float) -> int:
     )
 
 
-def train_queue(pool: str, devices: int, min_device_memory_gb: float) -> str:
-    return f"{QUEUE_TRAIN}.{pool}.d{devices}.m{memory_tier(min_device_memory_gb)}"
+def _of(queue: str, family: str | None) -> str:
+    """``queue`` for a job of ``family``: a plugin's family has its own (see above)."""
+    return queue if family is None or family in FAMILIES else f"{queue}.{family}"
 
 
-def predict_queue(pool: str) -> str:
-    return f"{QUEUE_PREDICT}.{pool}"
+def train_queue(
+    pool: str, devices: int, min_device_memory_gb: float, family: str | None = None
+) -> str:
+    tier = memory_tier(min_device_memory_gb)
+    return _of(f"{QUEUE_TRAIN}.{pool}.d{devices}.m{tier}", family)
+
+
+def predict_queue(pool: str, family: str | None = None) -> str:
+    return _of(f"{QUEUE_PREDICT}.{pool}", family)
 
 
 def worker_queues(
-    pool: str, devices: int, device_memory_gb: float, kinds: tuple[str, ...]
+    pool: str,
+    devices: int,
+    device_memory_gb: float,
+    kinds: tuple[str, ...],
+    families: Collection[str] = (),
 ) -> list[str]:
-    """The queues a worker serves. A CPU worker counts as one device with no tier."""
+    """The queues a worker serves, for the built-in families and the plugins' among
+    ``families`` (those it loaded). A CPU worker counts as one device with no tier."""
+    own = [None, *sorted(f for f in families if f not in FAMILIES)]
     queues: list[str] = []
     if QUEUE_TRAIN in kinds:
         tiers = [t for t in MEMORY_TIERS_GB if t <= device_memory_gb]
-        queues += [f"{QUEUE_TRAIN}.{pool}.d{devices}.m{t}" for t in tiers]
+        base = [f"{QUEUE_TRAIN}.{pool}.d{devices}.m{t}" for t in tiers]
+        queues += [_of(q, f) for f in own for q in base]
     if QUEUE_PREDICT in kinds:
-        queues.append(predict_queue(pool))
+        queues += [predict_queue(pool, f) for f in own]
     return queues
 
 
-def waiting_reason(queue: str, served: Collection[str]) -> str | None:
+def waiting_reason(queue: str, served: Collection[str], family: str | None = None) -> str | None:
     """Why a job sent to ``queue`` waits, when no online worker serves it (``served``: the
-    queues online workers consume); None when one does."""
+    queues online workers consume); None when one does. ``family``: a plugin's family,
+    which only the workers that loaded it serve."""
     if queue in served:
         return None
+    if family is not None and family not in FAMILIES:
+        return (
+            f"waiting on queue {queue}: no online worker has family '{family}' "
+            "(a plugin: install it on this pool's workers)"
+        )
     return f"waiting on queue {queue}: no online worker serves it"
 
 

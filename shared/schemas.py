@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.families import Task
+from shared.families import FamilyInfo, InputKind, Task
 from shared.jobstate import JobEventKind, JobKind, JobState
 from shared.routing import DEFAULT_POOL, POOL_PATTERN
 
@@ -589,11 +589,46 @@ class WorkerOut(BaseModel):
     devices: list[dict[str, Any]]
     versions: dict[str, str]
     pid: int
+    # The model families it loaded; None for a worker from before they were reported.
+    families: list[str] | None = None
     started_at: datetime
     last_seen_at: datetime
     stopped_at: datetime | None
     state: Literal["online", "offline", "stopped"] = "online"
     current_job: str | None = None
+
+
+class FamilyOut(BaseModel):
+    """A family a training job may name, as ``GET /v1/families`` shows it: ``params`` is
+    its parameters' JSON Schema, ``defaults`` what a job that names none gets, ``pools``
+    the pools whose online workers offer it and for which kinds of job."""
+
+    name: str
+    description: str
+    input: InputKind
+    tasks: list[Task]
+    params: dict[str, Any]
+    defaults: dict[str, Any]
+    package: str
+    version: str
+    builtin: bool
+    pools: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, info: FamilyInfo, *, builtin: bool, pools: dict[str, list[str]]) -> FamilyOut:
+        props = info.params.get("properties", {})
+        return cls(
+            name=info.name,
+            description=info.description,
+            input=info.input_kind,
+            tasks=info.tasks,
+            params=info.params,
+            defaults={k: p["default"] for k, p in props.items() if "default" in p},
+            package=info.package,
+            version=info.version,
+            builtin=builtin,
+            pools=pools,
+        )
 
 
 class ErrorOut(BaseModel):

@@ -10,16 +10,17 @@ the API and the workers share.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn, cast
 
 from pydantic import TypeAdapter, ValidationError
 
+from shared import param_schema
 from shared.config import get_settings
 from shared.datasets import BUILTIN_DATASETS, BuiltinDataset
 from shared.db.datasets import file_of
 from shared.errors import InvalidSpec
-from shared.families import FAMILIES, Family, InputShape, Task
+from shared.families import FAMILIES, AnyFamily, DescribedFamily, Family, InputShape, Task
 from shared.schemas import (
     DatasetSpec,
     DatasetVersionOut,
@@ -31,7 +32,7 @@ from shared.schemas import (
     TrainRequest,
     TrainSpec,
 )
-from shared.suggest import unknown_field
+from shared.suggest import did_you_mean, unknown_field
 
 _tensor_shape: TypeAdapter[list[int]] = TypeAdapter(TensorShape)
 
@@ -46,13 +47,26 @@ def _field_of(loc: tuple[int | str, ...]) -> str:
 def _family(name: str) -> Family:
     family = FAMILIES.get(name)
     if family is None:
-        known = ", ".join(sorted(FAMILIES))
-        raise InvalidSpec(f"unknown family '{name}'; known: {known}", field="family")
+        unknown_family(name, FAMILIES)
     return family
 
 
-def _params(family: Family, params: dict[str, Any]) -> dict[str, Any]:
-    """The family's parameters, defaults filled in."""
+def unknown_family(name: str, known: Iterable[str]) -> NoReturn:
+    """Refuse a family that nothing has registered, naming those that exist."""
+    near = did_you_mean(name, known)
+    names = ", ".join(sorted(known))
+    raise InvalidSpec(
+        f"unknown family '{name}'{near}; known: {names} (a plugin's family is known once a "
+        "worker that has it has started)",
+        field="family",
+    )
+
+
+def check_params(family: AnyFamily, params: dict[str, Any]) -> dict[str, Any]:
+    """The family's parameters, defaults filled in: by its own pydantic model where its
+    code is here, else by the JSON Schema its workers reported."""
+    if isinstance(family, DescribedFamily):
+        return param_schema.check(family.info.params, params, family.name)
     try:
         return family.params.model_validate(params).model_dump()
     except ValidationError as exc:
@@ -65,7 +79,7 @@ def _params(family: Family, params: dict[str, Any]) -> dict[str, Any]:
         raise InvalidSpec(err["msg"], field=field) from None
 
 
-def _builtin(name: str, family: Family) -> BuiltinDataset:
+def _builtin(name: str, family: AnyFamily) -> BuiltinDataset:
     builtin = BUILTIN_DATASETS.get(name)
     if builtin is None:
         known = ", ".join(sorted(BUILTIN_DATASETS))
@@ -81,7 +95,7 @@ def _builtin(name: str, family: Family) -> BuiltinDataset:
     return builtin
 
 
-def _decide_task(req: TrainRequest, family: Family, params: dict[str, Any]) -> tuple[Task, str]:
+def _decide_task(req: TrainRequest, family: AnyFamily, params: dict[str, Any]) -> tuple[Task, str]:
     """The task, and the field that decided it: a built-in data set's own task, else
     the family's choice from its parameters and the labels."""
     if req.dataset.builtin is not None:
@@ -164,7 +178,7 @@ def _check_inline(data: InlineData, input_kind: str, task: Task) -> None:
         raise InvalidSpec("classification needs at least two classes", field=f"{field}.labels")
 
 
-def _check_size(req: TrainRequest, family: Family, params: dict[str, Any], task: Task) -> None:
+def _check_size(req: TrainRequest, family: AnyFamily, params: dict[str, Any], task: Task) -> None:
     if req.dataset.builtin is not None:
         builtin = BUILTIN_DATASETS[req.dataset.builtin]
         shape, n_classes = builtin.shape, builtin.n_classes
@@ -172,7 +186,7 @@ def _check_size(req: TrainRequest, family: Family, params: dict[str, Any], task:
         inline = req.dataset.inline or InlineData(inputs=[""], labels=[0])
         shape = _row_shape(inline.inputs[0])
         n_classes = 1 if task == "regression" else len({str(y) for y in inline.labels})
-    _check_count(family, params, shape, family.n_outputs(task, n_classes))
+    check_count(family, params, shape, family.n_outputs(task, n_classes))
 
 
 def _row_shape(row: Any) -> InputShape:
@@ -184,7 +198,22 @@ def _row_shape(row: Any) -> InputShape:
     return (len(row),)
 
 
-def _check_count(family: Family, params: dict[str, Any], shape: InputShape, n_outputs: int) -> None:
+def input_shape(input_schema: Mapping[str, Any]) -> InputShape:
+    """A row's shape from what a model takes: (features,), (C, H, W), or () for texts."""
+    if input_schema.get("kind") == "image":
+        return tuple(int(n) for n in input_schema["shape"])
+    if input_schema.get("kind") == "features":
+        return (int(input_schema["n_features"]),)
+    return ()
+
+
+def check_count(
+    family: AnyFamily, params: dict[str, Any], shape: InputShape, n_outputs: int
+) -> None:
+    """Refuse a model over TORCHQUEUE_MAX_MODEL_PARAMS, counted by the family's own code
+    (a family known by its description alone is counted on the worker)."""
+    if isinstance(family, DescribedFamily):
+        return
     count = family.parameter_count(params, shape, n_outputs)
     limit = get_settings().max_model_params
     if count > limit:
@@ -217,7 +246,9 @@ def _text_column(data: DatasetSpec, columns: dict[str, Any], where: str) -> str:
     return text
 
 
-def _feature_width(data: DatasetSpec, family: Family, columns: dict[str, Any], where: str) -> int:
+def _feature_width(
+    data: DatasetSpec, family: AnyFamily, columns: dict[str, Any], where: str
+) -> int:
     """The input width of the feature columns (named, else every column but the label),
     each of which must hold numbers."""
     if data.text is not None:
@@ -239,7 +270,7 @@ def _feature_width(data: DatasetSpec, family: Family, columns: dict[str, Any], w
 
 
 def _image_shape(
-    data: DatasetSpec, family: Family, columns: dict[str, Any], where: str
+    data: DatasetSpec, family: AnyFamily, columns: dict[str, Any], where: str
 ) -> InputShape:
     """An image family's input: one numeric array column of rows [C, H, W], or [H, W]
     (one channel); returns the rows' shape as [C, H, W]."""
@@ -298,7 +329,7 @@ def _label_task(
 
 
 def _stored(
-    req: TrainRequest, family: Family, params: dict[str, Any], found: DatasetVersionOut
+    req: TrainRequest, family: AnyFamily, params: dict[str, Any], found: DatasetVersionOut
 ) -> tuple[Task, str, InputShape | None, int, str | None]:
     """Check a stored data set's columns against the request; return the task, the field
     that decided it, a row's input shape (None for texts, and when not yet known), the
@@ -350,12 +381,14 @@ def resolve_train(
     req: TrainRequest,
     found: DatasetVersionOut | None = None,
     validation: DatasetVersionOut | None = None,
+    family: AnyFamily | None = None,
 ) -> TrainSpec:
     """Check the request as a whole; raise ``InvalidSpec`` naming the field that is wrong.
     ``found``: the stored data set version a request names (``validation``: its second
-    one), looked up by the caller."""
-    family = _family(req.family)
-    params = _params(family, req.params)
+    one), and ``family`` the family it names (default: a built-in's), looked up by the
+    caller."""
+    family = family or _family(req.family)
+    params = check_params(family, req.params)
     if req.dataset.name is not None:
         if found is None:
             raise InvalidSpec(f"no data set '{req.dataset.name}'", field="dataset.name")
@@ -366,7 +399,7 @@ def resolve_train(
         if "task" in params:
             params["task"] = task
         if shape is not None and math.prod(shape) > 0:
-            _check_count(family, params, shape, family.n_outputs(task, n_classes))
+            check_count(family, params, shape, family.n_outputs(task, n_classes))
         dataset = RunDataset.model_validate(
             req.dataset.model_dump(exclude_unset=True)
             | {"version": found.version, "text": text, "file": file_of(found)}

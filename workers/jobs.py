@@ -29,7 +29,7 @@ from shared.config import get_settings
 from shared.db import job_reads, jobs, model_registry
 from shared.db.session import UNREACHABLE, session_scope
 from shared.enqueue import send_job
-from shared.errors import JobCrashed, JobError, OutOfMemory, Unavailable
+from shared.errors import InvalidSpec, JobCrashed, JobError, OutOfMemory, SpecRefused, Unavailable
 from shared.jobstate import TERMINAL, JobState
 from shared.schemas import JobOut, PredictSpec, Tensor, TrainSpec, input_rows
 
@@ -136,6 +136,8 @@ def error_of(exc: BaseException) -> JobError:
     """Why a job failed, as a kind of the error tree: its own, or the one ``exc`` is."""
     if isinstance(exc, JobError):
         return exc
+    if isinstance(exc, InvalidSpec):  # the family's own checks, on the worker
+        return SpecRefused(exc.detail, field=exc.field)
     if _out_of_memory(exc):
         return OutOfMemory(f"{exc}; use a smaller batch or model")
     return JobCrashed(f"{type(exc).__name__}: {exc}")

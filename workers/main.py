@@ -31,8 +31,9 @@ from celery.signals import (
 
 from shared import logs, processes
 from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
+from shared.families import OWN_PACKAGE
 from shared.routing import DEFAULT_POOL, POOL_PATTERN, worker_queues
-from workers import threads
+from workers import family_plugins, threads
 from workers.devices import DeviceGroup, discover_gpus, parse_gpus
 from workers.registration import Registration
 
@@ -101,6 +102,22 @@ def worker_argv(name: str, queues: list[str], predict_only: bool, loglevel: str)
     ]
 
 
+def _families() -> dict[str, family_plugins.Offered]:
+    """The model families this worker offers (torch-free: this is the parent)."""
+    from shared.config import get_settings
+
+    found = family_plugins.discover(get_settings().family_plugins)
+    offered = family_plugins.check_builders(found)
+    log.info(
+        "model families: %s",
+        ", ".join(
+            name if o.package == OWN_PACKAGE else f"{name} ({o.package} {o.version})"
+            for name, o in sorted(offered.items())
+        ),
+    )
+    return offered
+
+
 def run_worker(
     group: DeviceGroup, kinds: tuple[str, ...], pool: str, loglevel: str = "INFO"
 ) -> None:
@@ -112,7 +129,8 @@ def run_worker(
     devices = group.devices()
     group.pin()
     memory = min((d.memory_gb for d in devices), default=0.0)
-    queues = worker_queues(pool, max(len(devices), 1), memory, kinds)
+    offered = _families()
+    queues = worker_queues(pool, max(len(devices), 1), memory, kinds, offered)
     from shared.celery_app import get_celery
 
     app = get_celery()
@@ -127,7 +145,8 @@ def run_worker(
     if predict_only:
         threads.load_torch()
     name = node_name(group, kinds)
-    with Registration(name, pool, queues, [d.to_json() for d in devices]):
+    infos = [o.info() for o in offered.values()]
+    with Registration(name, pool, queues, [d.to_json() for d in devices], infos):
         app.worker_main(worker_argv(name, queues, predict_only, loglevel))
 
 

@@ -21,7 +21,6 @@ from torch import nn
 
 from shared.artifacts import ArtifactStore, sha256_hex
 from shared.errors import BadData, ModelLoadError
-from shared.families import FAMILIES
 from workers import tensors
 from workers.families import BUILDERS, FamilyBuilder, Preprocessor
 from workers.training import Trained
@@ -243,10 +242,8 @@ def _build(
 ) -> tuple[nn.Module, Preprocessor]:
     """The family's module and preprocessor, as the manifest describes them. Parameters are
     held to the family's schema (strict: no string for a number) before anything is built."""
-    family = FAMILIES.get(builder.name)
     try:
-        if family is not None:
-            family.params.model_validate(manifest["params"], strict=True)
+        builder.family.params.model_validate(manifest["params"], strict=True)
         pre: Preprocessor = builder.load_preprocessor(manifest["preprocessor"])
         schema = builder.input_schema(pre)
         module: nn.Module = builder.build(manifest["params"], pre, manifest["n_outputs"])

@@ -11,6 +11,8 @@ import threading
 from importlib import metadata
 from typing import Any
 
+from shared.families import FamilyInfo
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,15 @@ def _versions() -> dict[str, str]:
 class Registration:
     """The worker's row in the table of workers, renewed from a thread of the parent process."""
 
-    def __init__(self, name: str, pool: str, queues: list[str], devices: list[Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        pool: str,
+        queues: list[str],
+        devices: list[Any],
+        families: list[FamilyInfo] | None = None,
+    ) -> None:
+        self.families = families or []
         self.fields = {
             "name": name,
             "host": socket.gethostname(),
@@ -37,16 +47,18 @@ class Registration:
             "devices": devices,
             "versions": _versions(),
             "pid": os.getpid(),
+            "families": sorted(f.name for f in self.families),
         }
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
 
     def __enter__(self) -> Registration:
-        from shared.db import fleet
+        from shared.db import family_catalogue, fleet
         from shared.db.session import session_scope
 
         with session_scope() as s:
             fleet.register(s, **self.fields)
+            family_catalogue.report(s, str(self.fields["name"]), self.families)
         self._thread.start()
         return self
 

@@ -34,7 +34,7 @@ from shared.config import get_settings
 from shared.errors import BadData
 from shared.schemas import DatasetFile, TrainSpec
 from workers import dataset_files
-from workers.families import BUILDERS, Preprocessor
+from workers.families import Preprocessor, builder_of
 from workers.preprocess import LabelEncoder, Standardizer, TargetScaler, Tokenizer, tokenize
 from workers.rank import Dist
 
@@ -105,7 +105,7 @@ class Table:
                 field="dataset.label",
             )
         self.text = d.text
-        if self.text is None and BUILDERS[spec.family].family.input_kind == "text":
+        if self.text is None and builder_of(spec.family).family.input_kind == "text":
             self.text = self._only_text_column()
         self.features = [] if self.text else (d.features or [n for n in names if n != self.label])
         for name in [*self.features, *([self.text] if self.text else [])]:
@@ -285,7 +285,7 @@ def encoding(
 ) -> tuple[Encoding, float | None]:
     """One pass over every row group: fit the preprocessing (unless ``pre`` is given,
     from a checkpoint) and the target; return them and the validation baseline MSE."""
-    builder = BUILDERS[spec.family]
+    builder = builder_of(spec.family)
     regression = spec.task == "regression"
     stats = _Stats(regression)
     fit = pre is None

@@ -22,10 +22,11 @@ from torch import nn
 
 from shared.errors import BadData, NonFiniteLoss
 from shared.schemas import TrainSpec
+from shared.validation import check_count, check_params, input_shape
 from workers import data, stored_data
 from workers.checkpoint import Checkpointer, TrainState
 from workers.early_stopping import EarlyStopping
-from workers.families import BUILDERS, Preprocessor
+from workers.families import Preprocessor, builder_of, own_loss, own_metrics
 from workers.heads import Head
 from workers.preprocess import LabelEncoder, TargetScaler
 from workers.rank import Dist
@@ -83,7 +84,7 @@ def _targets(
     if len(enc.classes) < 2:
         raise BadData("classification needs at least two classes")
     y = enc.encode(labels)
-    n_outputs = BUILDERS[spec.family].family.n_outputs(spec.task, len(enc.classes))
+    n_outputs = builder_of(spec.family).family.n_outputs(spec.task, len(enc.classes))
     if n_outputs == 1:
         return y.float(), enc.to_json(), "bce", 1
     return y, enc.to_json(), "ce", n_outputs
@@ -112,13 +113,15 @@ def _evaluate(
         sums = []
         for xb, yb in batches:
             out = forward(xb)
-            sums.append(torch.stack([head.loss(out, yb) * len(xb), head.score(out, yb)]))
+            parts = [head.loss(out, yb) * len(xb), head.score(out, yb), *head.extra(out, yb)]
+            sums.append(torch.stack(parts))
             n += len(xb)
-        total, score = (sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).tolist()
+        total, score, *extra = (sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).tolist()
     n = max(n, 1)
+    own = {name: value / n for name, value in zip(head.metrics, extra, strict=True)}
     if head.kind == "mse":
-        return {"loss": total / n, "mse": score / n * target["std"] ** 2}
-    return {"loss": total / n, "accuracy": score / n}
+        return {"loss": total / n, "mse": score / n * target["std"] ** 2, **own}
+    return {"loss": total / n, "accuracy": score / n, **own}
 
 
 def _eval_batches(d: Rows) -> Iterator[Batch]:
@@ -308,7 +311,7 @@ def _stored(spec: TrainSpec) -> bool:
     """A stored table: trained through ``stored_data`` (arrays stay on the in-memory path,
     and so do images, which ``data.load`` reads from arrays only, refusing a table)."""
     file = spec.dataset.file
-    images = BUILDERS[spec.family].family.input_kind == "image"
+    images = builder_of(spec.family).family.input_kind == "image"
     return file is not None and file.format not in ("npy", "npz") and not images
 
 
@@ -316,7 +319,10 @@ def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = N
     """Data as tensors on the device (or a stored table's feed), the model, its optimizer
     and generators; the preprocessing comes from the checkpoint when resuming."""
     t = spec.training
-    builder = BUILDERS[spec.family]
+    builder = builder_of(spec.family)
+    # The family's own rules, here where its code is (the API knows a plugin's family by
+    # its parameters' JSON Schema alone); the size once the input's shape is known.
+    check_params(builder.family, spec.params)
     loaded = builder.load_preprocessor(resume.meta["preprocessor"]) if resume is not None else None
     feed = None
     columns = None
@@ -338,6 +344,8 @@ def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = N
         baseline = _baseline_mse(tr, va, target) if head_kind == "mse" else None
         has_val = len(va.x) > 0
         columns = raw.columns
+    schema = builder.input_schema(pre)
+    check_count(builder.family, spec.params, input_shape(schema), n_outputs)
     torch.manual_seed(t.seed)
     module = builder.build(spec.params, pre, n_outputs).to(device)
     return Prepared(
@@ -345,13 +353,17 @@ def prepare(spec: TrainSpec, device: torch.device, resume: TrainState | None = N
         pre=pre,
         target=target,
         n_outputs=n_outputs,
-        input_schema=builder.input_schema(pre),
+        input_schema=schema,
         tr=tr,
         va=va,
         feed=feed,
         net=module,
         module=module,
-        head=Head(head_kind),
+        head=Head(
+            head_kind,
+            own_loss(builder, spec.params, head_kind),
+            own_metrics(builder, spec.params, head_kind),
+        ),
         opt=_optimizer(spec, module, device),
         gen=torch.Generator().manual_seed(t.seed + 1),
         stopper=EarlyStopping(t.early_stopping_patience if has_val else None),
@@ -466,6 +478,7 @@ def validation(run: Prepared) -> dict[str, float]:
     score = "mse" if run.head.kind == "mse" else "accuracy"
     val = _evaluate(run.net, run.head, run.val_batches(), run.target, run.amp)
     out = {"val_loss": val["loss"], f"val_{score}": val[score]}
+    out |= {f"val_{name}": val[name] for name in run.head.metrics}
     if run.baseline is not None:
         out["val_baseline_mse"] = run.baseline
     return out

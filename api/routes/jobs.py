@@ -16,7 +16,7 @@ from api.deps import SessionDep
 from api.inline import store_inline
 from shared.auth import Principal
 from shared.config import get_settings
-from shared.db import datasets, fleet, job_reads, jobs, model_registry
+from shared.db import datasets, family_catalogue, fleet, job_reads, jobs, model_registry
 from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, Forbidden, InvalidSpec, Unavailable
@@ -34,7 +34,7 @@ from shared.schemas import (
     RunPredictDataset,
     TrainRequest,
 )
-from shared.validation import check_inputs, resolve_train
+from shared.validation import check_inputs, resolve_train, unknown_family
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -80,7 +80,12 @@ def _own(who: Principal, key: str) -> str:
 
 
 def _submit(
-    session: Session, who: Principal, key: str | None, request_hash: str, **create: Any
+    session: Session,
+    who: Principal,
+    key: str | None,
+    request_hash: str,
+    family: str,
+    **create: Any,
 ) -> tuple[JobOut, bool]:
     """Record a job (or find the one this key made) and send it; return it and whether
     it is new. The row is committed before its message is sent. Idempotency keys are
@@ -89,7 +94,7 @@ def _submit(
         key = _own(who, key)
     create["submitted_by"] = who.key_id
     served = fleet.served_queues(session, get_settings().worker_offline_after_seconds)
-    if (why := waiting_reason(create["queue"], served)) is not None:
+    if (why := waiting_reason(create["queue"], served, family)) is not None:
         create["message"] = why
     if key is not None and (job := _existing(session, key, request_hash)) is not None:
         return job, False
@@ -136,7 +141,10 @@ def submit_train(
             validation = datasets.get_version(
                 s, v.name, v.version, who.viewer, prefix="dataset.validation."
             )
-    spec = resolve_train(req, found, validation)
+    family = family_catalogue.lookup(session, req.family)
+    if family is None:
+        unknown_family(req.family, family_catalogue.names(session))
+    spec = resolve_train(req, found, validation, family)
     request_hash = _request_hash(JobKind.train, req.model_dump(mode="json"))
     if key is not None and (job := _existing(session, _own(who, key), request_hash)):
         response.status_code = 200
@@ -148,11 +156,15 @@ def submit_train(
         who,
         key,
         request_hash,
+        spec.family,
         kind=JobKind.train,
         model_name=spec.model_name,
         spec=spec.model_dump(mode="json"),
         queue=train_queue(
-            req.resources.pool, req.resources.devices, req.resources.min_device_memory_gb
+            req.resources.pool,
+            req.resources.devices,
+            req.resources.min_device_memory_gb,
+            spec.family,
         ),
         priority=req.priority,
         max_attempts=req.max_attempts,
@@ -187,15 +199,16 @@ def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tup
             who,
             key,
             _request_hash(JobKind.predict, req.model_dump(mode="json", exclude={"wait"})),
+            version.family,
             kind=JobKind.predict,
             model_name=req.model_name,
             spec=spec.model_dump(mode="json"),
             # Scoring a data set is bulk work, which goes to the pool's training workers:
             # a prediction worker runs batches of sync predictions in its one thread, and
             # a long job there would hold up every sync request behind it.
-            queue=train_queue(req.resources.pool, 1, 0)
+            queue=train_queue(req.resources.pool, 1, 0, version.family)
             if scored is not None
-            else predict_queue(req.resources.pool),
+            else predict_queue(req.resources.pool, version.family),
             model_version=version.version,
             priority=req.priority,
             max_attempts=req.max_attempts,

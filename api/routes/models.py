@@ -9,14 +9,15 @@ from pydantic import Field
 
 from api.auth import require
 from api.deps import SessionDep
+from shared.config import get_settings
 from shared.datasets import BUILTIN_DATASETS
-from shared.db import model_registry
-from shared.families import FAMILIES
+from shared.db import family_catalogue, fleet, model_registry
 from shared.schemas import (
     MAX_OFFSET,
     MAX_VERSION,
     BatchingIn,
     ErrorOut,
+    FamilyOut,
     ModelOut,
     ModelPage,
     ModelVersionOut,
@@ -73,16 +74,13 @@ def get_model_version(
 
 
 @router.get("/families")
-def list_families() -> dict[str, Any]:
-    """The model families a training job may name, with their parameters' schemas."""
-    return {
-        name: {
-            "input": f.input_kind,
-            "description": f.description,
-            "params": f.params.model_json_schema(),
-        }
-        for name, f in sorted(FAMILIES.items())
-    }
+def list_families(session: SessionDep) -> dict[str, FamilyOut]:
+    """The model families a training job may name: the built-ins and every plugin's that
+    a worker reported, each with its parameters' JSON Schema and defaults, its input kind
+    and tasks, the package that registered it, and the pools whose online workers offer
+    it (for train and predict jobs)."""
+    workers = fleet.list_workers(session, get_settings().worker_offline_after_seconds)
+    return family_catalogue.catalogue(session, workers)
 
 
 @router.get("/builtin-datasets")

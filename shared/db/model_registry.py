@@ -114,6 +114,19 @@ def latest_version(session: Session, model_name: str) -> int | None:
     return int(found) if found is not None else None
 
 
+def families_of(session: Session, model_name: str) -> dict[str, str]:
+    """The family of each of a model's versions, by number, and of ``latest``."""
+    rows = session.execute(
+        sa.select(ModelVersion.version, ModelVersion.family)
+        .where(ModelVersion.model_name == model_name)
+        .order_by(ModelVersion.version)
+    ).all()
+    out = {str(version): family for version, family in rows}
+    if rows:
+        out["latest"] = rows[-1][1]
+    return out
+
+
 def model_batching(session: Session, model_name: str) -> BatchingIn:
     """A model's own batching settings (both None for an unknown model)."""
     found = session.execute(

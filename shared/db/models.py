@@ -174,9 +174,26 @@ class Worker(Base):
     devices: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
     versions: Mapped[dict[str, Any]]
     pid: Mapped[int]
+    # The names of the model families it loaded (None: a worker from before families
+    # were reported, which has the built-ins).
+    families: Mapped[list[str] | None] = mapped_column(sa.JSON)
     started_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]
+
+
+class ModelFamily(Base):
+    """A model family as the last worker that loaded it reported it (``FamilyInfo``):
+    what the API validates a plugin family's jobs against without importing its code."""
+
+    __tablename__ = "model_families"
+
+    name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    package: Mapped[str] = mapped_column(sa.String(128))
+    version: Mapped[str] = mapped_column(sa.String(64))
+    info: Mapped[dict[str, Any]]
+    reported_by: Mapped[str] = mapped_column(sa.String(255))
+    reported_at: Mapped[datetime]
 
 
 class Dataset(Base):

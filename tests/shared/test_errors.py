@@ -71,8 +71,11 @@ def test_every_error_has_the_one_shape() -> None:
 
 
 def test_no_two_kinds_share_a_type() -> None:
-    """But one: a job that crashed is the internal_error an API request can be."""
+    """But two: a job that crashed is the internal_error an API request can be, and a
+    job whose family's own code refused its spec on the worker is the invalid_spec that
+    the API answers when it can check the same there."""
     types = [c.type for c in _every_class() if c is not JobError]
     shared = sorted(t for t in types if types.count(t) > 1)
-    assert shared == ["internal_error", "internal_error"]
+    assert shared == ["internal_error", "internal_error", "invalid_spec", "invalid_spec"]
     assert errors.JobCrashed.type == TorchqueueError.type
+    assert errors.SpecRefused.type == errors.InvalidSpec.type

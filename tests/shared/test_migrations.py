@@ -22,6 +22,7 @@ TABLES = {
     "job_events",
     "locks",
     "models",
+    "model_families",
     "model_versions",
     "workers",
 }

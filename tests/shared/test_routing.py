@@ -24,3 +24,20 @@ def test_the_reason_is_written_in_one_place() -> None:
         if "no online worker serves" in path.read_text()
     ]
     assert [str(p) for p in writers] == ["shared/routing.py"]
+
+
+def test_a_plugin_family_has_queues_that_only_its_workers_consume() -> None:
+    assert train_queue("default", 1, 0, "mlp") == "train.default.d1.m0"
+    assert train_queue("default", 1, 0, "resmlp") == "train.default.d1.m0.resmlp"
+    assert predict_queue("default", "resmlp") == "predict.default.resmlp"
+    without = worker_queues("default", 1, 8, ("train", "predict"), ["mlp", "text_lstm"])
+    assert without == ["train.default.d1.m0", "train.default.d1.m8", "predict.default"]
+    with_it = worker_queues("default", 1, 8, ("train", "predict"), ["mlp", "resmlp"])
+    assert set(with_it) == {*without, "train.default.d1.m0.resmlp", "train.default.d1.m8.resmlp",
+                            "predict.default.resmlp"}  # fmt: skip
+    queue = train_queue("default", 1, 0, "resmlp")
+    assert waiting_reason(queue, without, "resmlp") == (
+        "waiting on queue train.default.d1.m0.resmlp: no online worker has family 'resmlp' "
+        "(a plugin: install it on this pool's workers)"
+    )
+    assert waiting_reason(queue, with_it, "resmlp") is None
