@@ -434,6 +434,11 @@ class Client:
     def builtin_datasets(self) -> Json:
         return self._call("GET", "/v1/builtin-datasets")
 
+    def families(self) -> Json:
+        """Every model family a training job may name, by name: its parameters' JSON
+        Schema and defaults, input kind, tasks, package, and the pools offering it."""
+        return self._call("GET", "/v1/families")
+
     # --- models ------------------------------------------------------------------------
 
     def models(self, *, limit: int = 50, offset: int = 0) -> Json:

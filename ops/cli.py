@@ -16,6 +16,7 @@ import httpx
 from api.client import ApiError
 from ops.client_commands import CLIENT_COMMANDS
 from ops.dataset_commands import datasets
+from ops.family_commands import families
 from shared.config import SettingsError, get_settings
 from shared.routing import DEFAULT_POOL, POOL_PATTERN
 
@@ -249,7 +250,7 @@ def db_upgrade() -> None:
     click.echo(f"database at the latest schema: {url.split('@')[-1]}")
 
 
-for command in [*CLIENT_COMMANDS, datasets]:
+for command in [*CLIENT_COMMANDS, datasets, families]:
     cli.add_command(command)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from api.client import OUTPUT_TYPES, ApiError, Client, Json, job_error
+from ops.family_commands import FamilyOption
 from shared.formats import SUFFIXES
 
 
@@ -245,7 +246,7 @@ def _stored(
 
 @click.command()
 @click.argument("model_name")
-@click.option("--family", required=True, help="mlp or text_lstm")
+@click.option("--family", required=True, cls=FamilyOption)
 @click.option(
     "--dataset",
     help="an uploaded data set (`torchqueue datasets upload`), trained on with --label",
