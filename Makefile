@@ -15,12 +15,18 @@ TORCH_INDEX_BASE ?= https://download.pytorch.org/whl
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The example model-family plugin (examples/torchqueue-example-family) is installed too:
+# the tests train, serve and route its family. A worker machine installs its own plugins
+# the same way (docs/families.md).
+EXAMPLE_PLUGIN := examples/torchqueue-example-family
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(EXAMPLE_PLUGIN)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	index="$$($(PY) ops/torch_index.py --index '$(TORCH_INDEX)' --base-url '$(TORCH_INDEX_BASE)')" \
 	  && $(PY) -m pip install $(TORCH) $$index
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[worker,dev]"
+	$(PY) -m pip install --quiet --no-deps -e $(EXAMPLE_PLUGIN)
 	touch $@
 
 up: install
