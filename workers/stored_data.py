@@ -35,6 +35,8 @@ from shared.errors import BadData
 from shared.schemas import DatasetFile, TrainSpec
 from workers import dataset_files
 from workers.families import Preprocessor, builder_of
+from workers.families.mlp import Standardized
+from workers.families.text_lstm import Tokenized
 from workers.preprocess import LabelEncoder, Standardizer, TargetScaler, Tokenizer, tokenize
 from workers.rank import Dist
 
@@ -290,7 +292,9 @@ def encoding(
     stats = _Stats(regression)
     fit = pre is None
     generic: list[Any] = []
-    known = builder.name in ("mlp", "text_lstm")
+    # Preprocessing that is fitted chunk by chunk here: the shared halves of the built-in
+    # feature and text families (a plugin's builder that takes them gets it too).
+    known = isinstance(builder, Standardized | Tokenized)
     for table in tables:
         for g, mask in enumerate(table.masks):
             inputs, labels = table.read(g)
@@ -298,13 +302,13 @@ def encoding(
             if fit and not known:  # a family of another package: fitted on rows in memory
                 generic.extend(list(_pick(inputs, ~mask)))
     if pre is None:
-        if builder.name == "mlp":
+        if isinstance(builder, Standardized):
             std = stats.features.std()
             pre = Standardizer(
                 np.asarray(stats.features.mean, dtype=np.float64).tolist(),
                 np.where(std > 1e-12, std, 1.0).tolist(),
             )
-        elif builder.name == "text_lstm":
+        elif isinstance(builder, Tokenized):
             tok = Tokenizer(spec.params["num_words"], spec.params["max_len"])
             ranked = sorted(stats.tokens.items(), key=lambda kv: (-kv[1], kv[0]))
             tok.vocab = {t: i + 2 for i, (t, _) in enumerate(ranked[: tok.num_words - 2])}

@@ -14,9 +14,9 @@ from workers.preprocess import Standardizer, feature_tensor
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
-class MLPFamily:
-    name = "mlp"
-    family = FAMILIES[name]
+class Standardized:
+    """What families of feature rows share: each feature standardized by the training
+    rows' mean and spread, rows of numbers as input. A plugin's builder may take it too."""
 
     def fit_preprocessor(self, params: dict[str, Any], inputs: Sequence[Any]) -> Standardizer:
         return Standardizer().fit(feature_tensor(inputs))
@@ -26,6 +26,11 @@ class MLPFamily:
 
     def input_schema(self, pre: Standardizer) -> dict[str, Any]:
         return {"kind": "features", "n_features": pre.n_features}
+
+
+class MLPFamily(Standardized):
+    name = "mlp"
+    family = FAMILIES[name]
 
     def build(self, params: dict[str, Any], pre: Standardizer, n_outputs: int) -> nn.Module:
         layers: list[nn.Module] = []

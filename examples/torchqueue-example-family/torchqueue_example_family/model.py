@@ -3,13 +3,14 @@ label-smoothed cross-entropy loss and a top-2 accuracy metric. Only workers impo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from workers.preprocess import Standardizer, feature_tensor
+from workers.families.mlp import Standardized
+from workers.preprocess import Standardizer
 
 from .family import FAMILY
 
@@ -52,18 +53,11 @@ def top2_hits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (top == targets.long().unsqueeze(-1)).any(dim=-1).sum().float()
 
 
-class ResMLPBuilder:
+class ResMLPBuilder(Standardized):
+    """Feature rows standardized as ``mlp``'s are (``Standardized``), then the model."""
+
     name = "resmlp"
     family = FAMILY
-
-    def fit_preprocessor(self, params: dict[str, Any], inputs: Sequence[Any]) -> Standardizer:
-        return Standardizer().fit(feature_tensor(inputs))
-
-    def load_preprocessor(self, data: dict[str, Any]) -> Standardizer:
-        return Standardizer.from_json(data)
-
-    def input_schema(self, pre: Standardizer) -> dict[str, Any]:
-        return {"kind": "features", "n_features": pre.n_features}
 
     def build(self, params: dict[str, Any], pre: Standardizer, n_outputs: int) -> nn.Module:
         width, blocks = int(params["width"]), int(params["blocks"])
