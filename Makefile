@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?= auto
 TORCH_INDEX_BASE ?= https://download.pytorch.org/whl
 
-.PHONY: install up test test-quick lint bench clean
+.PHONY: install up test test-quick lint bench bench-sweep clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ test: lint
 # Figures side by side with baselines measured in the same run (a few minutes).
 bench: install
 	$(VENV)/bin/python -m ops.bench.suite
+
+# A 40-trial sweep three ways: pruning against none, TPE against random search.
+bench-sweep: install
+	$(VENV)/bin/python -m ops.bench.sweep
 
 test-quick: install
 	$(VENV)/bin/pytest -m "not slow"

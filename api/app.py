@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from api import errors
 from api.batcher import Batcher
 from api.limits import BodyLimit
-from api.routes import datasets, health, jobs, models, outputs, predict, workers
+from api.routes import aliases, datasets, health, jobs, models, outputs, predict, sweeps, workers
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")
@@ -50,6 +50,8 @@ def create_app() -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(outputs.router)
     app.include_router(models.router)
+    app.include_router(aliases.router)
     app.include_router(predict.router)
+    app.include_router(sweeps.router)
     app.include_router(workers.router)
     return app

@@ -6,8 +6,8 @@ callers costs the broker and the worker one message and one forward pass, not on
 A request for a model with no batch on its way is sent at once (an idle model adds no
 wait); while a batch is on its way, requests gather for at most ``max_wait_ms`` or until
 they fill ``max_batch_size`` rows, and go at once when the last batch comes back. The
-worker resolves ``latest`` when it runs the batch, and checks every request's inputs
-against that version.
+worker resolves ``latest`` or an alias when it runs the batch, and checks every request's
+inputs against that version.
 
 The answers come back on this process's own Redis channel (``Replies``; their codec is
 ``shared.notify``'s), one subscription for all requests, and carry the response bodies

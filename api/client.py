@@ -434,6 +434,22 @@ class Client:
     def builtin_datasets(self) -> Json:
         return self._call("GET", "/v1/builtin-datasets")
 
+    # --- sweeps -------------------------------------------------------------------------
+
+    def start_sweep(self, body: dict[str, Any]) -> Json:
+        """Start a sweep (``shared.sweep_schemas.SweepRequest``): a base training job, a
+        space over its fields, trials, parallel, metric, direction, sampler, pruner."""
+        return self._call("POST", "/v1/sweeps", json=body)
+
+    def sweep(self, sweep_id: str) -> Json:
+        return self._call("GET", f"/v1/sweeps/{quote(sweep_id, safe='')}")
+
+    def sweeps(self, *, limit: int = 50, offset: int = 0) -> Json:
+        return self._call("GET", "/v1/sweeps", params={"limit": limit, "offset": offset})
+
+    def cancel_sweep(self, sweep_id: str) -> Json:
+        return self._call("POST", f"/v1/sweeps/{quote(sweep_id, safe='')}/cancel")
+
     def families(self) -> Json:
         """Every model family a training job may name, by name: its parameters' JSON
         Schema and defaults, input kind, tasks, package, and the pools offering it."""
@@ -448,7 +464,27 @@ class Client:
         return self._call("GET", f"/v1/models/{name}")
 
     def model_version(self, name: str, version: int | str = "latest") -> Json:
+        """A version by its number, ``latest``, or an alias."""
         return self._call("GET", f"/v1/models/{name}/versions/{version}")
+
+    def set_alias(self, name: str, alias: str, version: int | str) -> Json:
+        """Point ``alias`` (``production``, …) at ``version`` (a number, or latest or
+        another alias, resolved now); the alias as it now is."""
+        return self._call("PUT", _alias_path(name, alias), json={"version": version})
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._request("DELETE", _alias_path(name, alias))
+
+    def alias_history(
+        self, name: str, *, alias: str | None = None, limit: int = 100, offset: int = 0
+    ) -> Json:
+        """Every move and removal of the model's aliases, newest first: ``items`` of
+        ``{alias, from_version, to_version, by_key, by_name, at}``."""
+        params: Json = {"limit": limit, "offset": offset}
+        if alias is not None:
+            params["alias"] = alias
+        path = f"/v1/models/{quote(name, safe='')}/alias-history"
+        return self._call("GET", path, params=params)
 
     def workers(self) -> list[Json]:
         workers: list[Json] = self._request("GET", "/v1/workers")
@@ -456,6 +492,10 @@ class Client:
 
     def ready(self) -> Json:
         return self._call("GET", "/readyz")
+
+
+def _alias_path(name: str, alias: str) -> str:
+    return f"/v1/models/{quote(name, safe='')}/aliases/{quote(alias, safe='')}"
 
 
 def _chunks(source: Path, size: int, progress: Progress | None) -> Iterator[bytes]:

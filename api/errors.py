@@ -22,14 +22,15 @@ _WHERE = {"body", "query", "path", "header"}
 
 def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     """``('body', 'dataset', 'inline', 'inputs', 3)`` → ``dataset.inline.inputs[3]``;
-    pydantic's tags for union branches (``list[str]``, ``int``) are left out."""
+    pydantic's tags for union branches (``list[str]``, ``int``) are left out, a dict's
+    dotted key (a sweep's ``training.learning_rate``) kept."""
     out = ""
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
         elif (
             (i == 0 and part in _WHERE)
-            or not str(part).isidentifier()
+            or not all(word.isidentifier() for word in str(part).split("."))
             or part
             in (
                 "int",

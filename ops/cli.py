@@ -17,6 +17,7 @@ from api.client import ApiError
 from ops.client_commands import CLIENT_COMMANDS
 from ops.dataset_commands import datasets
 from ops.family_commands import families
+from ops.sweep_commands import sweep
 from shared.config import SettingsError, get_settings
 from shared.routing import DEFAULT_POOL, POOL_PATTERN
 
@@ -250,7 +251,7 @@ def db_upgrade() -> None:
     click.echo(f"database at the latest schema: {url.split('@')[-1]}")
 
 
-for command in [*CLIENT_COMMANDS, datasets, families]:
+for command in [*CLIENT_COMMANDS, datasets, families, sweep]:
     cli.add_command(command)
 
 

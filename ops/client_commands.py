@@ -383,8 +383,9 @@ def save_output(ctx: click.Context, job_id: str, out: Path) -> None:
 
 def _predict_dataset(ctx: click.Context, model_name: str, version: str, out: Path,
                      **dataset: Any) -> None:  # fmt: skip
-    job = call(ctx, "predict_dataset", model_name, version=parse_version(version, "--version"),
-                **dataset)  # fmt: skip
+    # The model's version may be an alias too: the API says if it is not one.
+    model_version = int(version) if version.isdigit() else version
+    job = call(ctx, "predict_dataset", model_name, version=model_version, **dataset)
     click.echo(f"job {job['id']} {job['state']}")
     try:
         job = _wait_and_report(ctx, job, None)
@@ -581,13 +582,35 @@ def models_list(ctx: click.Context) -> None:
 
 @models.command("show")
 @click.argument("name")
-@click.option("--version", help="one version (a number or latest)")
+@click.option("--version", help="one version (a number, latest or an alias)")
 @click.pass_context
 def models_show(ctx: click.Context, name: str, version: str | None) -> None:
     if version:
         echo_json(call(ctx, "model_version", name, version))
     else:
         echo_json(call(ctx, "model", name))
+
+
+@models.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", required=False)
+@click.option("--delete", is_flag=True, help="remove the alias instead")
+@click.pass_context
+def models_alias(
+    ctx: click.Context, name: str, alias: str, version: str | None, delete: bool
+) -> None:
+    """Point ALIAS (production, staging, …) of model NAME at VERSION (a number, or latest
+    or another alias, resolved now), or remove it with --delete. Predictions may name the
+    alias wherever they name a version."""
+    if delete == (version is not None):
+        raise click.UsageError("give VERSION, or --delete")
+    if version is None:
+        call(ctx, "delete_alias", name, alias)
+        click.echo(f"{name}: alias {alias} removed")
+        return
+    out = call(ctx, "set_alias", name, alias, int(version) if version.isdigit() else version)
+    click.echo(f"{name}: alias {alias} → version {out['version']}")
 
 
 @click.command("workers")

@@ -104,7 +104,19 @@ class Reaper:
             if action != "skipped":
                 log.info("job %s: lease of %s expired: %s", job.id, job.worker, action)
         done["resent"] += self._resend_lost()
+        done["sweep trials queued"] += self._advance_sweeps()
         return done
+
+    def _advance_sweeps(self) -> int:
+        """Every running sweep one step on: its ended trials recorded, the next ones asked
+        for. Workers do this as each trial ends; this pass repairs what a process killed
+        in between left undone."""
+        from shared import sweep_driver
+        from shared.db import sweeps
+
+        with session_scope() as db:
+            running = sweeps.running_ids(db)
+        return sum(len(sweep_driver.advance(sweep_id)) for sweep_id in running)
 
     def _resend_lost(self) -> int:
         with session_scope() as db:

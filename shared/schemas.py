@@ -67,6 +67,20 @@ MAX_ROWS = 200_000
 MAX_PREDICT_ROWS = 10_000
 # Numbers that reach a database column stay within a 32-bit integer.
 MAX_VERSION = MAX_OFFSET = 2**31 - 1
+# A model's alias (production, staging, best): what ``latest`` also matches, though
+# ``latest`` itself is never an alias (``shared.db.aliases`` refuses it).
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+AliasName = Annotated[
+    str,
+    Field(
+        pattern=ALIAS_PATTERN,
+        description="a lowercase letter, then lowercase letters, digits, '_' or '-'; at most 32",
+        examples=["production"],
+    ),
+]
+# A model version as a request names it: a number, latest, or an alias (each name resolved
+# when the request is served).
+ModelVersionRef = Annotated[int, Field(ge=1, le=MAX_VERSION)] | AliasName
 # Early stopping's patience unless a job says otherwise (null turns it off): long enough
 # for a noisy validation loss to improve again, short enough that a 20-epoch job whose best
 # epoch comes early stops before the end.
@@ -237,6 +251,13 @@ class TrainRequest(_Strict):
     max_attempts: MaxAttempts = 3
 
 
+class TrialRef(_Strict):
+    """The sweep trial a training job runs."""
+
+    sweep_id: str
+    number: int
+
+
 class TrainSpec(_Strict):
     """A training request after validation: parameters complete, task decided."""
 
@@ -247,6 +268,8 @@ class TrainSpec(_Strict):
     dataset: RunDataset
     training: TrainingConfig
     resources: Resources = Field(default_factory=Resources)
+    # Set on a sweep's trials: an ordinary job otherwise.
+    trial: TrialRef | None = None
 
 
 # Bytes per element of the dtypes a typed tensor may carry.
@@ -379,7 +402,9 @@ class PredictRequest(_Strict):
     into a Parquet output): exactly one."""
 
     model_name: ModelName
-    version: Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"] = "latest"
+    version: ModelVersionRef = Field(
+        "latest", description="a number, latest, or an alias (resolved when it is submitted)"
+    )
     inputs: PredictInputs | None = None
     dataset: PredictDataset | None = None
     outputs: OutputFormat = "json"
@@ -437,11 +462,11 @@ class ServeItem(_Strict):
 
 class ServeBatch(_Strict):
     """What a serve message carries: a model, the version asked for (a number, or
-    ``latest``, which the worker resolves when it runs the batch), the queue it was sent
-    to, the reply channel of the API process that waits, and its requests."""
+    ``latest`` or an alias, which the worker resolves when it runs the batch), the queue it
+    was sent to, the reply channel of the API process that waits, and its requests."""
 
     model: ModelName
-    version: Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"]
+    version: ModelVersionRef
     queue: str
     reply: str
     items: list[ServeItem] = Field(min_length=1)
@@ -533,11 +558,54 @@ class ModelOut(BaseModel):
     latest_version: int | None
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
+    aliases: dict[str, int] = Field(
+        default_factory=dict, description="each alias and the version it points at"
+    )
     versions: list[ModelVersionOut] | None = None
 
 
 class ModelPage(BaseModel):
     items: list[ModelOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class AliasIn(_Strict):
+    """Where an alias is to point: a version number, or latest or another alias, resolved
+    once, now (the alias keeps the number)."""
+
+    version: ModelVersionRef = Field(examples=[1])
+
+
+class AliasOut(BaseModel):
+    """An alias as it now is: the version it points at, since when, set by which key."""
+
+    model_name: str
+    alias: str
+    version: int
+    updated_at: datetime
+    updated_by: str
+
+
+class AliasEventOut(BaseModel):
+    """One move of an alias: ``from_version`` null for a new alias, ``to_version`` null
+    for a removal; who did it (the API key's id and name) and when."""
+
+    id: int
+    model_name: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    by_key: str
+    by_name: str
+    at: datetime
+
+
+class AliasHistoryPage(BaseModel):
+    """A model's alias history, newest first."""
+
+    items: list[AliasEventOut]
     total: int
     limit: int
     offset: int

@@ -4,14 +4,14 @@ all in one forward pass, publish each caller's answer to the API process that wa
 it (``shared.notify``), then hand each request's record to the result writer
 (``workers.result_writer``), which writes them off the callers' path.
 
-The worker resolves the version (``latest`` once per batch) and checks each request
-against it. As on the job route, what is refused before it runs is answered and not
-recorded: an unknown model or version (404), inputs the version cannot take (422, with
-the field). What fails while it runs is answered and recorded as a failed job: data that
-turns out bad (a NaN in a tensor: 422, that request alone), a model that cannot be loaded
-or a forward pass that fails (502, the whole batch). A message that is not a batch is
-refused with a log line: its callers' waits run out, and their jobs, recorded as waiting,
-are sent again as jobs by the reaper.
+The worker resolves the version (``latest`` or an alias, once per batch) and checks each
+request against it. As on the job route, what is refused before it runs is answered and
+not recorded: an unknown model, version or alias (404), inputs the version cannot take
+(422, with the field). What fails while it runs is answered and recorded as a failed job:
+data that turns out bad (a NaN in a tensor: 422, that request alone), a model that cannot
+be loaded or a forward pass that fails (502, the whole batch). A message that is not a
+batch is refused with a log line: its callers' waits run out, and their jobs, recorded as
+waiting, are sent again as jobs by the reaper.
 """
 
 from __future__ import annotations
@@ -153,15 +153,16 @@ def run_batch(batch: ServeBatch, worker: str) -> None:
     _finish(run)
 
 
-# Versions are immutable: a number, once read, is kept (``latest`` is read every batch).
+# Versions are immutable: a number, once read, is kept (``latest`` and aliases, which
+# move, are read every batch).
 _versions: dict[tuple[str, int], ModelVersionOut] = {}
 
 
 def _resolve(model: str, version: int | str) -> ModelVersionOut:
     try:
         with read_scope() as s:
-            if version == "latest":  # one indexed lookup; the version's row is kept
-                version = model_registry.latest_version(s, model) or "latest"
+            if isinstance(version, str):  # one indexed lookup; the version's row is kept
+                version = model_registry.version_number(s, model, version) or version
             if isinstance(version, int) and (model, version) in _versions:
                 return _versions[(model, version)]
             found = model_registry.get_model_version(s, model, version)

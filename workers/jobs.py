@@ -77,6 +77,8 @@ class Lease:
         self.job_id, self.worker, self.interval = job_id, worker, interval
         self.cancel = threading.Event()
         self.lost = threading.Event()
+        # Why the job was stopped, when its own worker stopped it (a sweep's pruner).
+        self.stopped_because: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
 
@@ -330,6 +332,50 @@ def run_train_job(job_id: str, worker: str) -> None:
             _TRAINING.clear()
             SHUTDOWN.clear()  # honoured: this job went back to the queue
             _free_memory()
+    if spec.trial is not None:
+        _next_trials(spec.trial.sweep_id)
+
+
+def _next_trials(sweep_id: str) -> None:
+    """A trial's job ended (or went back to the queue): let its sweep go on at once. Best
+    effort: the reaper advances every running sweep on each pass as well."""
+    from shared import sweep_driver
+
+    try:
+        sweep_driver.advance(sweep_id)
+    except Exception as exc:
+        log.warning("could not advance sweep %s: %r; the reaper will", sweep_id, exc)
+
+
+def _epoch_hook(
+    job: JobOut, spec: TrainSpec, worker: str, lease: Lease
+) -> Callable[[dict[str, Any]], None]:
+    """Progress after each epoch; for a sweep's trial, its metric too, and the pruner's
+    verdict: a pruned trial stops within a batch, its job cancelled, its worker free."""
+    progress = _progress_writer(job.id, worker, spec.training.epochs)
+    trial = spec.trial
+    if trial is None:
+        return progress
+
+    from shared.sweep_driver import TrialPruner
+
+    pruner = TrialPruner(trial.sweep_id, trial.number)
+
+    def each(record: dict[str, Any]) -> None:
+        progress(record)
+        try:
+            last = record["epoch"] >= spec.training.epochs  # nothing left to save by stopping
+            pruned = pruner.report(record, last)
+        except UNREACHABLE as exc:  # the pruner's advice is best effort; training goes on
+            log.warning("could not report trial %d's epoch: %s", trial.number, exc)
+            return
+        if pruned:
+            with session_scope() as s:
+                jobs.request_cancel(s, job.id, by=f"sweep:{trial.sweep_id}")
+            lease.stopped_because = f"pruned after epoch {record['epoch']} by its sweep"
+            lease.cancel.set()
+
+    return each
 
 
 def _interrupted(job: JobOut, worker: str, lease: Lease, epoch: int, saved: int) -> None:
@@ -337,7 +383,7 @@ def _interrupted(job: JobOut, worker: str, lease: Lease, epoch: int, saved: int)
         return  # the job is someone else's now
     kept = f"; the checkpoint of epoch {saved} is kept" if saved else ""
     if lease.cancel.is_set():
-        message = f"cancelled during epoch {epoch}{kept}"
+        message = lease.stopped_because or f"cancelled during epoch {epoch}{kept}"
         _finish(job.id, worker, lease, JobState.cancelled, message=message)
         return
     _give_back(job, worker, f"{worker} shut down during epoch {epoch}; requeued{kept}")
@@ -350,7 +396,7 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
     from workers.usage import Meter
 
     hooks = training.Hooks(
-        on_epoch=_progress_writer(job.id, worker, spec.training.epochs),
+        on_epoch=_epoch_hook(job, spec, worker, lease),
         on_resume=_resumed(job.id, worker),
         should_stop=lease.should_stop,
         checkpointer=checkpoints,

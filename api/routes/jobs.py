@@ -20,11 +20,13 @@ from shared.db import datasets, family_catalogue, fleet, job_reads, jobs, model_
 from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, Forbidden, InvalidSpec, Unavailable
+from shared.families import AnyFamily
 from shared.jobstate import JobKind, JobState
 from shared.notify import wait_until_done
 from shared.routing import predict_queue, train_queue, waiting_reason
 from shared.schemas import (
     MAX_OFFSET,
+    DatasetVersionOut,
     ErrorOut,
     JobEventOut,
     JobOut,
@@ -119,6 +121,29 @@ def _submit(
     return job, True
 
 
+def training_lookups(
+    session: Session, who: Principal, req: TrainRequest
+) -> tuple[AnyFamily, DatasetVersionOut | None, DatasetVersionOut | None]:
+    """What a training request names, looked up for its validation: its family, and the
+    stored data set versions it trains and validates on (404s naming the field)."""
+    found = validation = None
+    if (data := req.dataset).name is not None:
+        if not who.allows("datasets:read"):
+            raise Forbidden(f"the key '{who.name}' lacks the scope datasets:read")
+        found = datasets.get_version(
+            session, data.name, data.version, who.viewer, prefix="dataset."
+        )
+        if data.validation is not None:
+            v = data.validation
+            validation = datasets.get_version(
+                session, v.name, v.version, who.viewer, prefix="dataset.validation."
+            )
+    family = family_catalogue.lookup(session, req.family)
+    if family is None:
+        unknown_family(req.family, family_catalogue.names(session))
+    return family, found, validation
+
+
 @router.post("/train", status_code=201, responses={**ERRORS, 200: {"model": JobOut}})
 def submit_train(
     req: TrainRequest,
@@ -129,22 +154,9 @@ def submit_train(
 ) -> JobOut:
     """Queue a training job; its model version appears when it succeeds. The same
     ``Idempotency-Key`` with the same body answers 200 with the job it made."""
-    found = validation = None
-    if (data := req.dataset).name is not None:
-        if not who.allows("datasets:read"):
-            raise Forbidden(f"the key '{who.name}' lacks the scope datasets:read")
-        found = datasets.get_version(
-            s := session, data.name, data.version, who.viewer, prefix="dataset."
-        )
-        if data.validation is not None:
-            v = data.validation
-            validation = datasets.get_version(
-                s, v.name, v.version, who.viewer, prefix="dataset.validation."
-            )
-    family = family_catalogue.lookup(session, req.family)
-    if family is None:
-        unknown_family(req.family, family_catalogue.names(session))
+    family, found, validation = training_lookups(session, who, req)
     spec = resolve_train(req, found, validation, family)
+    data = req.dataset
     request_hash = _request_hash(JobKind.train, req.model_dump(mode="json"))
     if key is not None and (job := _existing(session, _own(who, key), request_hash)):
         response.status_code = 200

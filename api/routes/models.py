@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import Field
 
 from api.auth import require
 from api.deps import SessionDep
@@ -14,13 +13,13 @@ from shared.datasets import BUILTIN_DATASETS
 from shared.db import family_catalogue, fleet, model_registry
 from shared.schemas import (
     MAX_OFFSET,
-    MAX_VERSION,
     BatchingIn,
     ErrorOut,
     FamilyOut,
     ModelOut,
     ModelPage,
     ModelVersionOut,
+    ModelVersionRef,
 )
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -45,7 +44,7 @@ def list_models(
 
 @router.get("/models/{name}")
 def get_model(name: str, session: SessionDep) -> ModelOut:
-    """A model with all its versions."""
+    """A model with all its versions, and its aliases."""
     return model_registry.get_model(session, name)
 
 
@@ -64,10 +63,7 @@ def set_batching(
 @router.get("/models/{name}/versions/{version}")
 def get_model_version(
     name: str,
-    version: Annotated[
-        Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"],
-        Path(description="a number, or latest"),
-    ],
+    version: Annotated[ModelVersionRef, Path(description="a number, latest, or an alias")],
     session: SessionDep,
 ) -> ModelVersionOut:
     return model_registry.get_model_version(session, name, version)

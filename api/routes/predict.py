@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field
 
 from api.auth import PredictSubmit
 from api.batcher import Batcher, Outcome
@@ -20,10 +19,10 @@ from shared.errors import InvalidSpec
 from shared.jobstate import JobState, now
 from shared.routing import predict_queue
 from shared.schemas import (
-    MAX_VERSION,
     NAME_PATTERN,
     ErrorOut,
     JobOut,
+    ModelVersionRef,
     PredictionOut,
     ServeItem,
     ServeRequest,
@@ -33,8 +32,8 @@ from shared.validation import check_inputs
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 VersionQuery = Annotated[
-    Annotated[int, Field(ge=1, le=MAX_VERSION)] | Literal["latest"],
-    Query(description="a version number, or latest (resolved when the request is sent)"),
+    ModelVersionRef,
+    Query(description="a version number, latest, or an alias (resolved when it is served)"),
 ]
 JSON = "application/json"
 

@@ -120,8 +120,8 @@ class ApiOnly(System):
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while not self._api_ready():
-            self._check_alive()
+        while not self.api_ready():
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the API is not ready within {timeout} s; logs in {self.home}")
             time.sleep(0.2)

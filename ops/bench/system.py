@@ -57,16 +57,16 @@ class System:
     def api(self) -> None:
         port = processes.free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        self._spawn("api", ["-m", "ops.cli", "api", "--port", str(port)])
+        self.spawn("api", ["-m", "ops.cli", "api", "--port", str(port)])
 
     def worker(self, *argv: str, timeout: float = 120) -> None:
         """One CPU worker (``argv``: more of its options), once it answers a ping."""
         from shared.celery_app import get_celery
 
-        self._spawn("worker", ["-m", "ops.cli", "worker", "--cpu", *argv])
+        self.spawn("worker", ["-m", "ops.cli", "worker", "--cpu", *argv])
         deadline = time.monotonic() + timeout
-        while _pings(get_celery(), "cpu") < 1:
-            self._check_alive()
+        while pings(get_celery(), "cpu") < 1:
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the worker did not start; its log: {self.home}/worker.log")
             time.sleep(0.3)
@@ -78,18 +78,18 @@ class System:
         self.bench_url = self.redis_url.rsplit("/", 1)[0] + "/1"
         os.environ["TORCHQUEUE_BENCH_REDIS_URL"] = self.bench_url
         self.api()
-        self._spawn("predict", ["-m", "ops.cli", "worker", "--cpu", "--queues", "predict"])
-        self._spawn("train", ["-m", "ops.cli", "worker", "--cpu", "--queues", "train"])
+        self.spawn("predict", ["-m", "ops.cli", "worker", "--cpu", "--queues", "predict"])
+        self.spawn("train", ["-m", "ops.cli", "worker", "--cpu", "--queues", "train"])
         naive = ["-m", "celery", "-A", "ops.bench.naive", "worker", "--pool", "threads"]
         naive += ["-c", "4", "--without-mingle", "--without-gossip", "-Q", "bench"]
         naive += ["--loglevel", "WARNING", "-n", "naive@%h"]
-        self._spawn("naive", naive)
+        self.spawn("naive", naive)
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def spawn(self, name: str, argv: list[str]) -> None:
         log = self.home / f"{name}.log"
         self.procs.append(processes.spawn([sys.executable, *argv], log=log, cwd=ROOT))
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         for proc in self.procs:
             if proc.poll() is not None:
                 logs = "\n".join(
@@ -104,18 +104,18 @@ class System:
 
         deadline = time.monotonic() + timeout
         checks: list[tuple[str, Callable[[], bool]]] = [
-            ("api", self._api_ready),
-            ("torchqueue workers", lambda: _pings(get_celery(), "cpu") >= 2),
-            ("naive worker", lambda: _pings(naive.app, "naive") >= 1),
+            ("api", self.api_ready),
+            ("torchqueue workers", lambda: pings(get_celery(), "cpu") >= 2),
+            ("naive worker", lambda: pings(naive.app, "naive") >= 1),
         ]
         for what, check in checks:
             while not check():
-                self._check_alive()
+                self.check_alive()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{what} not ready within {timeout} s; logs in {self.home}")
                 time.sleep(0.3)
 
-    def _api_ready(self) -> bool:
+    def api_ready(self) -> bool:
         try:
             return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
         except httpx.TransportError:
@@ -127,6 +127,6 @@ class System:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def _pings(app: Any, prefix: str) -> int:
+def pings(app: Any, prefix: str) -> int:
     replies = app.control.ping(timeout=0.5) or []
     return sum(1 for reply in replies for name in reply if name.startswith(prefix))

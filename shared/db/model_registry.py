@@ -1,6 +1,8 @@
 """The model registry: registered models, their versions (1, 2, … per name, assigned
-under a lock and a unique constraint) and each model's batching settings. Functions take
-a session (``session_scope`` commits) and return pydantic objects, never ORM rows."""
+under a lock and a unique constraint) and each model's batching settings; and the reads
+of its aliases (``shared.db.aliases`` writes them): wherever a version is named, it is a
+number, ``latest`` or an alias. Functions take a session (``session_scope`` commits) and
+return pydantic objects, never ORM rows."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from shared.errors import Conflict, NotFound
 from shared.jobstate import now
 from shared.schemas import BatchingIn, ModelOut, ModelPage, ModelVersionOut
 
-from .models import ModelVersion, RegisteredModel
+from .models import ModelAlias, ModelVersion, RegisteredModel
 
 
 def _version_out(row: ModelVersion) -> ModelVersionOut:
@@ -93,17 +95,46 @@ def register_model_version(
     raise Conflict(f"could not assign a version to model '{model_name}'; try again")
 
 
+def _is_name(version: int | str) -> bool:
+    """Whether ``version`` names a version (``latest`` or an alias) rather than numbers it."""
+    return isinstance(version, str) and not version.isdigit()
+
+
 def get_model_version(session: Session, model_name: str, version: int | str) -> ModelVersionOut:
+    """A version by its number, ``latest``, or an alias; 404 naming ``model_name`` for an
+    unknown model, ``version`` for a number or alias it does not have."""
     query = sa.select(ModelVersion).where(ModelVersion.model_name == model_name)
     if version == "latest":
         query = query.order_by(ModelVersion.version.desc()).limit(1)
+    elif _is_name(version):
+        query = query.join(
+            ModelAlias,
+            (ModelAlias.model_name == ModelVersion.model_name)
+            & (ModelAlias.version == ModelVersion.version),
+        ).where(ModelAlias.alias == version)
     else:
         query = query.where(ModelVersion.version == int(version))
     row = session.scalars(query).first()
     if row is None:
         get_model(session, model_name, with_versions=False)  # 404 for the model itself first
-        raise NotFound(f"model '{model_name}' has no version {version}", field="version")
+        what = f"no alias '{version}'" if _is_name(version) else f"no version {version}"
+        raise NotFound(f"model '{model_name}' has {what}", field="version")
     return _version_out(row)
+
+
+def version_number(session: Session, model_name: str, version: int | str) -> int | None:
+    """The number that ``version`` (a number, ``latest`` or an alias) stands for now, in one
+    indexed lookup; None for a name that stands for none (or an unknown model)."""
+    if not _is_name(version):
+        return int(version)
+    if version == "latest":
+        return latest_version(session, model_name)
+    found = session.scalar(
+        sa.select(ModelAlias.version).where(
+            ModelAlias.model_name == model_name, ModelAlias.alias == version
+        )
+    )
+    return int(found) if found is not None else None
 
 
 def latest_version(session: Session, model_name: str) -> int | None:
@@ -115,7 +146,8 @@ def latest_version(session: Session, model_name: str) -> int | None:
 
 
 def families_of(session: Session, model_name: str) -> dict[str, str]:
-    """The family of each of a model's versions, by number, and of ``latest``."""
+    """The family of each of a model's versions, by number, of ``latest`` and of each
+    alias (its version's)."""
     rows = session.execute(
         sa.select(ModelVersion.version, ModelVersion.family)
         .where(ModelVersion.model_name == model_name)
@@ -124,6 +156,22 @@ def families_of(session: Session, model_name: str) -> dict[str, str]:
     out = {str(version): family for version, family in rows}
     if rows:
         out["latest"] = rows[-1][1]
+    for alias, version in _aliases(session, [model_name]).get(model_name, {}).items():
+        if str(version) in out:
+            out[alias] = out[str(version)]
+    return out
+
+
+def _aliases(session: Session, names: list[str]) -> dict[str, dict[str, int]]:
+    """Each model's aliases and the versions they point at, by model name."""
+    out: dict[str, dict[str, int]] = {}
+    rows = session.execute(
+        sa.select(ModelAlias.model_name, ModelAlias.alias, ModelAlias.version)
+        .where(ModelAlias.model_name.in_(names))
+        .order_by(ModelAlias.model_name, ModelAlias.alias)
+    )
+    for name, alias, version in rows:
+        out.setdefault(name, {})[alias] = version
     return out
 
 
@@ -179,6 +227,7 @@ def get_model(session: Session, model_name: str, *, with_versions: bool = True) 
         latest_version=_latest_versions(session, [row.name]).get(row.name),
         max_batch_size=row.max_batch_size,
         max_wait_ms=row.max_wait_ms,
+        aliases=_aliases(session, [row.name]).get(row.name, {}),
         versions=versions,
     )
 
@@ -191,6 +240,7 @@ def list_models(session: Session, *, limit: int = 50, offset: int = 0) -> ModelP
         )
     )
     latest = _latest_versions(session, [r.name for r in rows])
+    aliases = _aliases(session, [r.name for r in rows])
     items = [
         ModelOut(
             name=r.name,
@@ -199,6 +249,7 @@ def list_models(session: Session, *, limit: int = 50, offset: int = 0) -> ModelP
             latest_version=latest.get(r.name),
             max_batch_size=r.max_batch_size,
             max_wait_ms=r.max_wait_ms,
+            aliases=aliases.get(r.name, {}),
         )
         for r in rows
     ]

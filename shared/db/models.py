@@ -12,6 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from shared.jobstate import JobEventKind, JobKind, JobState
+from shared.sweepstate import SweepState, TrialState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -231,3 +232,82 @@ class DatasetVersion(Base):
     value_counts: Mapped[dict[str, Any] | None]
     created_by: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime]
+
+
+class ModelAlias(Base):
+    """A model's alias (production, staging, …) and the version it points at now; written
+    by ``shared.db.aliases`` alone, each move recorded as a ``ModelAliasEvent``."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (sa.UniqueConstraint("model_name", "alias", name="uq_model_alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("models.name", ondelete="CASCADE")
+    )
+    alias: Mapped[str] = mapped_column(sa.String(32))
+    version: Mapped[int]
+    updated_at: Mapped[datetime]
+    # The API key that last moved it.
+    updated_by: Mapped[str] = mapped_column(sa.String(64))
+
+
+class ModelAliasEvent(Base):
+    """A move of an alias: from which version to which (None for a new alias, and for a
+    removal), by which key (its id and name), when. It goes with its model."""
+
+    __tablename__ = "model_alias_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(
+        sa.String(128), sa.ForeignKey("models.name", ondelete="CASCADE"), index=True
+    )
+    alias: Mapped[str] = mapped_column(sa.String(32))
+    from_version: Mapped[int | None]
+    to_version: Mapped[int | None]
+    by_key: Mapped[str] = mapped_column(sa.String(64))
+    by_name: Mapped[str] = mapped_column(sa.String(128))
+    at: Mapped[datetime]
+
+
+class Sweep(Base):
+    """A hyperparameter sweep: its validated request, and where it stands."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    state: Mapped[SweepState] = mapped_column(_enum(SweepState, "sweep_state"))
+    model_name: Mapped[str] = mapped_column(sa.String(128))
+    spec: Mapped[dict[str, Any]]
+    # The number of its best trial so far.
+    best_trial: Mapped[int | None]
+    message: Mapped[str | None] = mapped_column(sa.Text)
+    submitted_by: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class SweepTrial(Base):
+    """One trial of a sweep: numbered 0, 1, … under a unique constraint (so that no trial
+    is ever made twice), with the ordinary training job that runs it."""
+
+    __tablename__ = "sweep_trials"
+    __table_args__ = (sa.UniqueConstraint("sweep_id", "number", name="uq_sweep_trial"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("sweeps.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int]
+    job_id: Mapped[str] = mapped_column(sa.String(36), sa.ForeignKey("jobs.id"), unique=True)
+    state: Mapped[TrialState] = mapped_column(_enum(TrialState, "trial_state"))
+    # The sampled values, by the space's keys; what the sampler noted with them.
+    params: Mapped[dict[str, Any]]
+    system_attrs: Mapped[dict[str, Any]]
+    value: Mapped[float | None] = mapped_column(sa.Float)
+    # The metric after each epoch, {"1": 0.42, …}: what the pruner compares.
+    intermediate: Mapped[dict[str, Any]]
+    epoch: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]

@@ -35,6 +35,9 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("PATCH", "/v1/models/{name}"): {"models:read", "models:write"},
     ("POST", "/v1/models/{name}/predict"): {"jobs:submit", "models:read"},
     ("GET", "/v1/models/{name}/versions/{version}"): {"models:read"},
+    ("PUT", "/v1/models/{name}/aliases/{alias}"): {"models:read", "models:write"},
+    ("DELETE", "/v1/models/{name}/aliases/{alias}"): {"models:read", "models:write"},
+    ("GET", "/v1/models/{name}/alias-history"): {"models:read"},
     ("GET", "/v1/families"): {"models:read"},
     ("GET", "/v1/builtin-datasets"): {"models:read"},
     ("GET", "/v1/workers"): {"jobs:read"},
@@ -43,6 +46,10 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/datasets/{name}"): {"datasets:read"},
     ("GET", "/v1/datasets/{name}/versions/{version}"): {"datasets:read"},
     ("DELETE", "/v1/datasets/{name}/versions/{version}"): {"datasets:write"},
+    ("POST", "/v1/sweeps"): {"jobs:submit", "models:write"},
+    ("GET", "/v1/sweeps"): {"jobs:read"},
+    ("GET", "/v1/sweeps/{sweep_id}"): {"jobs:read"},
+    ("POST", "/v1/sweeps/{sweep_id}/cancel"): {"jobs:submit"},
 }
 
 
@@ -68,7 +75,7 @@ def _as(key: str | None) -> dict[str, str]:
 
 
 def _call(client: Any, method: str, path: str, key: str | None) -> Any:
-    url = path.format(job_id="0000", name="m", version="1")
+    url = path.format(job_id="0000", name="m", version="1", alias="production", sweep_id="0000")
     body = {"model_name": "m", "inputs": ["x"]} if url.endswith("predict") else TRAIN
     return client.request(method, url, json=body if method == "POST" else None, headers=_as(key))
 

@@ -81,7 +81,8 @@ def test_unknown_jobs_models_and_versions_are_404(api_client: Any) -> None:
 def test_bad_query_parameters_are_422(api_client: Any) -> None:
     _check(api_client.get("/v1/jobs", params={"state": "sleeping"}), 422, "state")
     _check(api_client.get("/v1/jobs", params={"limit": 0}), 422, "limit")
-    _check(api_client.get("/v1/models/x/versions/first"), 422, "version")
+    # A number, latest or an alias (which starts with a letter).
+    _check(api_client.get("/v1/models/x/versions/1st"), 422, "version")
 
 
 def test_bad_prediction_requests_are_422(api_client: Any) -> None:

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from api.app import create_app
 from shared.config import get_settings
-from shared.db import datasets, jobs, model_registry
-from shared.db.models import DatasetVersion, Job, RegisteredModel
+from shared.db import aliases, datasets, jobs, model_registry, sweeps
+from shared.db.models import DatasetVersion, Job, ModelAlias, RegisteredModel, Sweep
 from shared.db.session import session_scope
 from shared.jobstate import JobKind
 from shared.processes import free_port
@@ -196,6 +196,28 @@ def _batching() -> Write:
                  None, 7)  # fmt: skip
 
 
+def _alias_of(model: str) -> Callable[[sa.Connection], Any]:
+    return lambda c: c.execute(
+        sa.select(ModelAlias.version).where(
+            ModelAlias.model_name == model, ModelAlias.alias == "production"
+        )
+    ).scalar()
+
+
+def _point_alias() -> Write:
+    name = _model()
+    return Write("PUT", f"/v1/models/{name}/aliases/production", {"version": 1},
+                 _alias_of(name), None, 1)  # fmt: skip
+
+
+def _remove_alias() -> Write:
+    name = _model()
+    with session_scope() as s:
+        aliases.point(s, name, "production", 1, "test", "test")
+    return Write("DELETE", f"/v1/models/{name}/aliases/production", None, _alias_of(name), 1,
+                 None)  # fmt: skip
+
+
 def _sync_predict() -> Write:
     """Nobody serves the pool: the answer is 202 with the job recorded as queued."""
     name = _model()
@@ -226,13 +248,42 @@ def _delete_version() -> Write:
     return Write("DELETE", f"/v1/datasets/{name}/versions/1", None, _versions_of(name), 1, 0)
 
 
+def _sweeps_of(model: str) -> Callable[[sa.Connection], int]:
+    return lambda c: int(
+        c.execute(sa.select(sa.func.count()).where(Sweep.model_name == model)).scalar() or 0
+    )
+
+
+def _sweep() -> Write:
+    name = unique("sweep")
+    base = {"model_name": name, "family": "mlp", "dataset": {"builtin": "iris"},
+            "resources": {"pool": "nobody"}}  # fmt: skip
+    space = {"params.dropout": {"type": "uniform", "low": 0.0, "high": 0.5}}
+    body = {"base": base, "space": space, "trials": 3, "parallel": 2}
+    return Write("POST", "/v1/sweeps", body, _sweeps_of(name), 0, 1)
+
+
+def _cancel_sweep() -> Write:
+    with session_scope() as s:
+        sweep_id = sweeps.create_sweep(s, spec={}, model_name=unique("sweep"), submitted_by=None)
+
+    def state(c: sa.Connection) -> str:
+        return str(c.execute(sa.select(Sweep.state).where(Sweep.id == sweep_id)).scalar())
+
+    return Write("POST", f"/v1/sweeps/{sweep_id}/cancel", None, state, "running", "cancelled")
+
+
 WRITES: dict[tuple[str, str], Callable[[], Write]] = {
+    ("POST", "/v1/sweeps"): _sweep,
+    ("POST", "/v1/sweeps/{sweep_id}/cancel"): _cancel_sweep,
     ("POST", "/v1/datasets"): _upload,
     ("DELETE", "/v1/datasets/{name}/versions/{version}"): _delete_version,
     ("POST", "/v1/jobs/train"): _train,
     ("POST", "/v1/jobs/predict"): _predict_job,
     ("POST", "/v1/jobs/{job_id}/cancel"): _cancel,
     ("PATCH", "/v1/models/{name}"): _batching,
+    ("PUT", "/v1/models/{name}/aliases/{alias}"): _point_alias,
+    ("DELETE", "/v1/models/{name}/aliases/{alias}"): _remove_alias,
     ("POST", "/v1/models/{name}/predict"): _sync_predict,
 }
 

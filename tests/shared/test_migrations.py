@@ -22,7 +22,11 @@ TABLES = {
     "job_events",
     "locks",
     "models",
+    "model_aliases",
+    "model_alias_events",
     "model_families",
+    "sweeps",
+    "sweep_trials",
     "model_versions",
     "workers",
 }
