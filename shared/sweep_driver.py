@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from shared.db import family_catalogue, job_reads, jobs, sweeps
 from shared.db.session import session_scope
 from shared.enqueue import send_job
-from shared.errors import InvalidSpec, Unavailable
+from shared.errors import InvalidSpec, NotFound, Unavailable
 from shared.jobstate import JobKind, JobState
 from shared.routing import train_queue
 from shared.schemas import JobOut, TrainSpec
@@ -248,10 +248,12 @@ def _finish(session: Session, sweep: SweepOut, req: SweepRequest) -> None:
     message = f"best: trial {best.number}, {req.metric} {best.value:.6g}"
     if req.promote and best.model_version is not None:
         who = sweep.submitted_by or "sweep"
-        aliases.point(
-            session, sweep.model_name, req.promote, best.model_version, who, f"sweep {sweep.id}"
-        )
-        message += f"; {req.promote} → v{best.model_version}"
+        try:
+            aliases.point(session, sweep.model_name, req.promote, best.model_version, who,
+                          f"sweep {sweep.id}")  # fmt: skip
+            message += f"; {req.promote} → v{best.model_version}"
+        except (InvalidSpec, NotFound) as exc:  # the sweep still ends, and says why
+            message += f"; {req.promote} not pointed: {exc.detail}"
     sweeps.finish(session, sweep.id, message)
 
 

@@ -9,12 +9,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.schemas import TrainRequest
+from shared.schemas import ALIAS_PATTERN, TrainRequest
 from shared.sweepstate import SweepState, TrialState
 
 # A field of the base request that a sweep searches over: ``params.X`` or ``training.X``.
 SPACE_KEY = r"^(params|training)\.[a-z_][a-z0-9_]{0,63}$"
-ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 # The metric a trial is scored by, as its epoch records name it.
 METRIC_PATTERN = r"^(val|train)_[a-z0-9_]{1,64}$"
 MAX_TRIALS = 1000

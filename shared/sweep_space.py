@@ -118,4 +118,7 @@ def check(
             _checked(key, value, base, resolve)
     if req.sampler == "grid":
         _check_grid(req)
+    if req.promote == "latest":
+        raise InvalidSpec("'latest' is always the newest version; it cannot be an alias",
+                          field="promote")  # fmt: skip
     return spec

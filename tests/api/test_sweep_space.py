@@ -63,6 +63,8 @@ def test_a_space_that_cannot_run_is_refused_naming_the_dimension(
          "metric"),
         (_body({"params.dropout": {"type": "uniform", "low": 0, "high": 0.5}}, promote="Prod!"),
          "promote"),
+        (_body({"params.dropout": {"type": "uniform", "low": 0, "high": 0.5}}, promote="latest"),
+         "promote"),
     ],
 )  # fmt: skip
 def test_a_malformed_sweep_is_refused_with_its_field(
