@@ -54,7 +54,8 @@ def render(sweep: Json, columns: int = 120) -> str:
     )
     for t in sweep["trials"]:
         mark = "*" if t["number"] == best else " "
-        metric = f"{t['value']:.6g}" if t["value"] is not None else "-"
+        shown = t["value"] if t["value"] is not None else t.get("latest")
+        metric = "-" if shown is None else f"{shown:.6g}" + ("" if t["value"] is not None else "…")
         values = "  ".join(_value(t["params"].get(k)) for k in keys)
         line = f"{mark} {t['number']:>4}  {t['state']:9}  {metric:>14}  {t['epoch']:>5}  {values}"
         lines.append(line[:columns])

@@ -116,6 +116,8 @@ class TrialOut(BaseModel):
     system_attrs: dict[str, Any] = Field(default_factory=dict, exclude=True)
     job_id: str
     model_version: int | None = None
+    # A pending trial's metric at the epoch it has reached (its final one is ``value``).
+    latest: float | None = None
     created_at: datetime
     ended_at: datetime | None
 

@@ -20,19 +20,29 @@ from shared.sweepstate import SWEEP_FROM, TRIAL_FROM, SweepState, TrialState
 from .models import Job, Sweep, SweepTrial
 
 
-def _trial_out(row: SweepTrial, model_version: int | None = None) -> TrialOut:
+def _trial_out(
+    row: SweepTrial, model_version: int | None, progress: dict[str, Any] | None, metric: str
+) -> TrialOut:
+    """A trial as shown; a pending one with the epoch its job has reached and its metric
+    there, from the job's progress (what its worker wrote last)."""
     out = TrialOut.model_validate(row, from_attributes=True)
-    return out.model_copy(update={"model_version": model_version})
+    update: dict[str, Any] = {"model_version": model_version}
+    if row.state is TrialState.pending and progress:
+        update["epoch"] = max(row.epoch, int(progress.get("epoch") or 0))
+        latest = (progress.get("metrics") or {}).get(metric)
+        update["latest"] = float(latest) if isinstance(latest, int | float) else None
+    return out.model_copy(update=update)
 
 
 def _sweep_out(session: Session, row: Sweep, with_trials: bool = True) -> SweepOut:
     query = (
-        sa.select(SweepTrial, Job.model_version)
+        sa.select(SweepTrial, Job.model_version, Job.progress)
         .join(Job, Job.id == SweepTrial.job_id)
         .where(SweepTrial.sweep_id == row.id)
         .order_by(SweepTrial.number)
     )
-    trials = [_trial_out(t, v) for t, v in session.execute(query).all()]
+    metric = str((row.spec.get("request") or {}).get("metric", ""))
+    trials = [_trial_out(t, v, p, metric) for t, v, p in session.execute(query).all()]
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.value] = counts.get(t.state.value, 0) + 1

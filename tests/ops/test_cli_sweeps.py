@@ -95,12 +95,16 @@ def test_the_table_marks_the_best_and_shows_each_trials_values() -> None:
     values = {"training.learning_rate": 0.0123456, "params.hidden_sizes": [8]}
     trial = {"number": 0, "state": "complete", "value": 0.97, "epoch": 3, "params": values}
     other = trial | {"number": 1, "state": "pruned", "value": None, "epoch": 1}
+    running = trial | {"number": 2, "state": "pending", "value": None, "epoch": 2, "latest": 0.5}
     sweep = {"id": "s1", "state": "running", "model_name": "m", "message": None,
-             "counts": {"complete": 1, "pruned": 1}, "best": trial, "trials": [trial, other],
+             "counts": {"complete": 1, "pruned": 1}, "best": trial,
+             "trials": [trial, other, running],
              "spec": {"request": {"metric": "val_accuracy", "direction": "maximize", "trials": 4,
                                   "parallel": 2, "space": trial["params"]}}}  # fmt: skip
     lines = render(sweep).splitlines()
-    assert lines[0] == ("sweep s1  running  m  val_accuracy (maximize)  2/4 trials, 2 at once: "
+    assert lines[0] == ("sweep s1  running  m  val_accuracy (maximize)  3/4 trials, 2 at once: "
                         "1 complete, 1 pruned")  # fmt: skip
     assert lines[2].split() == ["*", "0", "complete", "0.97", "3", "0.01235", "[8]"]
     assert lines[3].split() == ["1", "pruned", "-", "1", "0.01235", "[8]"]
+    # A running trial: its metric at the epoch it has reached, marked as not final.
+    assert lines[4].split() == ["2", "pending", "0.5…", "2", "0.01235", "[8]"]
