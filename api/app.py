@@ -12,7 +12,20 @@ from fastapi_offline import FastAPIOffline
 from api import errors
 from api.batcher import Batcher
 from api.limits import BodyLimit
-from api.routes import aliases, datasets, health, jobs, models, outputs, predict, sweeps, workers
+from api.metrics import RequestMetrics
+from api.routes import (
+    aliases,
+    datasets,
+    health,
+    jobs,
+    metrics,
+    models,
+    outputs,
+    pools,
+    predict,
+    sweeps,
+    workers,
+)
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")
@@ -45,6 +58,8 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(BodyLimit)
+    # Outermost: it sees every answer, a refused body's 413 included.
+    app.add_middleware(RequestMetrics)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
@@ -53,5 +68,7 @@ def create_app() -> FastAPI:
     app.include_router(aliases.router)
     app.include_router(predict.router)
     app.include_router(sweeps.router)
+    app.include_router(pools.router)
+    app.include_router(metrics.router)
     app.include_router(workers.router)
     return app

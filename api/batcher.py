@@ -32,6 +32,7 @@ import redis
 import redis.asyncio as aioredis
 from fastapi.concurrency import run_in_threadpool
 
+from api.metrics import metrics, model_label
 from shared.config import get_settings
 from shared.constants import REPLY_CHANNEL
 from shared.db import fleet, model_registry
@@ -262,8 +263,10 @@ class Batcher:
             gathering.timer = None
         if not gathering.items:
             return
+        rows, model = gathering.rows, key[0]
         items, gathering.items, gathering.rows = gathering.items, [], 0
         gathering.in_flight += 1
+        metrics().batch_rows.labels(model_label(model)).observe(rows)
         left = len(items)
 
         def one_done(_: asyncio.Future[Outcome]) -> None:

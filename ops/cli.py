@@ -160,9 +160,22 @@ def flower(port: int | None, address: str) -> None:
         f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
     )
     port = port or settings.flower_port
+    _login_everywhere()
     logs.configure("flower")  # before tornado's, which then adds no handler of its own
     argv = ["flower", f"--address={address}", f"--port={port}"]
     sys.exit(get_celery().start(argv) or 0)
+
+
+def _login_everywhere() -> None:
+    """Flower serves ``/metrics`` and ``/healthcheck`` to anyone, its login or not: ours
+    asks for it there too (its metrics name the workers, tasks and queues)."""
+    import tornado.web
+    from flower.views import monitor
+
+    for handler in (monitor.Metrics, monitor.Healthcheck):
+        if not getattr(handler.get, "login_required", False):
+            handler.get = tornado.web.authenticated(handler.get)
+            handler.get.login_required = True
 
 
 @cli.command()

@@ -21,6 +21,7 @@ SCOPES = (
     "models:write",
     "datasets:read",
     "datasets:write",
+    "metrics:read",
     "admin",
 )
 _KEY = re.compile(r"^tq_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")

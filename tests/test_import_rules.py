@@ -172,3 +172,8 @@ def test_flower_never_loads_torch(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/workers").status_code == 401
         assert httpx.get(f"{base}/workers", auth=("flower", "guess")).status_code == 401
         assert httpx.get(f"{base}/api/tasks").status_code == 401
+        # Flower's own metrics and health check too.
+        for path in ("/metrics", "/healthcheck"):
+            assert httpx.get(f"{base}{path}").status_code == 401, path
+            assert httpx.get(f"{base}{path}", auth=("flower", "guess")).status_code == 401
+            assert httpx.get(f"{base}{path}", auth=login).status_code == 200, path

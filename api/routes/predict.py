@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.auth import PredictSubmit
 from api.batcher import Batcher, Outcome
+from api.metrics import metrics, model_label, served
 from shared.config import get_settings
 from shared.db import jobs, model_registry
 from shared.db.session import session_scope
@@ -67,6 +69,7 @@ async def predict(
         id=str(uuid.uuid4()), inputs=req.inputs, outputs=req.outputs, by=who.key_id, at=now()
     )
     batcher: Batcher = request.app.state.batcher
+    started = time.perf_counter()
     future = await batcher.submit(name, version, req.pool, item, input_rows(req.inputs))
     try:
         outcome = await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -75,6 +78,10 @@ async def predict(
     finally:
         if not future.done():
             batcher.abandon(item, future)
+    if outcome.status == 200:
+        served(name)
+    took = time.perf_counter() - started
+    metrics().predict_seconds.labels(model_label(name), str(outcome.status)).observe(took)
     if outcome.status != 202:
         return Response(outcome.body, status_code=outcome.status, media_type=JSON)
     job = await run_in_threadpool(_record_waiting, name, version, req.pool, item, outcome.message)

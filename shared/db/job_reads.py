@@ -4,7 +4,7 @@ objects, never ORM rows. Every write of a job is ``shared.db.jobs``'s."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -95,3 +95,56 @@ def stale_queued(session: Session, older_than_seconds: float, limit: int = 500) 
         .limit(limit)
     )
     return [job_out(r) for r in rows]
+
+
+def queue_depths(session: Session) -> list[tuple[str, int, float | None]]:
+    """Each queue with queued jobs: how many, and how long the oldest has waited (s).
+    One grouped read over the index on (state, created_at): cheap to scrape."""
+    rows = session.execute(
+        sa.select(Job.queue, sa.func.count(), sa.func.min(Job.created_at))
+        .where(Job.state == JobState.queued)
+        .group_by(Job.queue)
+    ).all()
+    stamp = now()
+    return [
+        (queue, int(n), (stamp - _aware(oldest)).total_seconds() if oldest else None)
+        for queue, n, oldest in rows
+    ]
+
+
+def counts_by_kind_and_state(session: Session) -> list[tuple[str, str, int]]:
+    rows = session.execute(
+        sa.select(Job.kind, Job.state, sa.func.count()).group_by(Job.kind, Job.state)
+    ).all()
+    return [(JobKind(k).value, JobState(s).value, int(n)) for k, s, n in rows]
+
+
+def pool_backlog(session: Session, pool: str) -> dict[str, object]:
+    """What a pool's workers have to do: jobs queued for it (by kind), jobs running on it,
+    and how long the oldest queued one has waited: what an autoscaler reads."""
+    ours = sa.or_(
+        Job.queue.like(f"train.{pool}.%"),
+        Job.queue == f"predict.{pool}",
+        Job.queue.like(f"predict.{pool}.%"),
+    )
+    rows = session.execute(
+        sa.select(Job.state, Job.kind, sa.func.count(), sa.func.min(Job.created_at))
+        .where(Job.state.in_([JobState.queued, *HELD]), ours)
+        .group_by(Job.state, Job.kind)
+    ).all()
+    queued = {k.value: 0 for k in JobKind}
+    running, oldest = 0, None
+    for state, kind, n, first in rows:
+        if JobState(state) is JobState.queued:
+            queued[JobKind(kind).value] += int(n)
+            oldest = first if oldest is None or (first and first < oldest) else oldest
+        else:
+            running += int(n)
+    waited = (now() - _aware(oldest)).total_seconds() if oldest is not None else 0.0
+    return {"pool": pool, "queued": sum(queued.values()), "queued_by_kind": queued,
+            "running": running, "oldest_queued_seconds": round(waited, 3)}  # fmt: skip
+
+
+def _aware(stamp: datetime) -> datetime:
+    """An aggregate's timestamp: SQLite returns it without its zone (stored as UTC)."""
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)

@@ -50,6 +50,7 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/sweeps"): {"jobs:read"},
     ("GET", "/v1/sweeps/{sweep_id}"): {"jobs:read"},
     ("POST", "/v1/sweeps/{sweep_id}/cancel"): {"jobs:submit"},
+    ("GET", "/v1/pools/{pool}/backlog"): {"jobs:read"},
 }
 
 
@@ -75,7 +76,8 @@ def _as(key: str | None) -> dict[str, str]:
 
 
 def _call(client: Any, method: str, path: str, key: str | None) -> Any:
-    url = path.format(job_id="0000", name="m", version="1", alias="production", sweep_id="0000")
+    url = path.format(job_id="0000", name="m", version="1", alias="production", sweep_id="0000",
+                      pool="gpu")  # fmt: skip
     body = {"model_name": "m", "inputs": ["x"]} if url.endswith("predict") else TRAIN
     return client.request(method, url, json=body if method == "POST" else None, headers=_as(key))
 
