@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # `none`. torchqueue's own families always load.
     family_plugins: str = "*"
     max_wait_seconds: float = 300.0
+    # A worker's Prometheus metrics (`workers.metrics`): served by its parent on this port
+    # (`--gpus all`: this port plus each GPU's index) and address; none when unset.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_address: str = "127.0.0.1"
     # Threads torch may use in one worker process (0: let torch decide).
     torch_threads: int = 0
     # Models kept loaded per prediction worker process: at most this many, taking at most

@@ -33,7 +33,7 @@ from shared.errors import BadData, InvalidSpec, JobError, TorchqueueError, Unava
 from shared.jobstate import JobState, now
 from shared.schemas import BYTES_READ_LATER, ModelVersionOut, ServeBatch, ServeItem, Tensor
 from shared.validation import check_inputs
-from workers import inference
+from workers import inference, metrics
 from workers.result_writer import writer
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ def _forward_one(run: _Run, model: Any, ready: list[tuple[ServeItem, torch.Tenso
         for item, _ in ready:
             run.fail(item, 502, "internal_error", f"the forward pass failed: {exc}")
         return
+    metrics.rows_answered(len(x))
     usage = {"wall_seconds": time.perf_counter() - run.clock,
              "batch_requests": len(run.batch.items), "batch_rows": len(x)}  # fmt: skip
     offset = 0

@@ -18,7 +18,7 @@ import torch
 from shared.artifacts import open_store
 from shared.config import get_settings
 from shared.schemas import ModelVersionOut
-from workers import modelio
+from workers import metrics, modelio
 from workers.devices import torch_device
 
 # Below this many rows a forward pass of the models we serve runs faster on one thread
@@ -56,11 +56,13 @@ def load(name: str, version: int, uri: str, sha256: str) -> modelio.LoadedModel:
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
+            metrics.cache_lookup(True, None)
             return _cache[key]
     model = modelio.load(open_store(), uri, sha256, torch_device())
     with _lock:
         _cache[key] = model
         _evict()
+        metrics.cache_lookup(False, sum(model_bytes(m) for m in _cache.values()))
     return model
 
 

@@ -32,6 +32,7 @@ from shared.enqueue import send_job
 from shared.errors import InvalidSpec, JobCrashed, JobError, OutOfMemory, SpecRefused, Unavailable
 from shared.jobstate import TERMINAL, JobState
 from shared.schemas import JobOut, PredictSpec, Tensor, TrainSpec, input_rows
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,11 @@ def _ended_as(session: Session, job_id: str, worker: str, states: Collection[Job
     return job.state in states and job.worker == worker
 
 
+# The kind of job this process runs now (one at a time: a prefork child, or the solo
+# pool's one thread): what its metrics count an ending under.
+_running_kind = "train"
+
+
 def _finish(job_id: str, worker: str, lease: Lease, state: JobState, **outcome: Any) -> bool:
     """End a job as ``state`` with ``outcome`` (``jobs.finish_job``'s values), through
     ``_record``; tell whoever waits for it."""
@@ -211,6 +217,7 @@ def _finish(job_id: str, worker: str, lease: Lease, state: JobState, **outcome: 
     done = _record(job_id, lease, write)
     if done:
         notify.job_done(job_id)
+        metrics.job_ended(_running_kind, state.value)
     return done
 
 
@@ -302,6 +309,8 @@ def _free_memory() -> None:
 
 @logs.with_job_id
 def run_train_job(job_id: str, worker: str) -> None:
+    global _running_kind
+    _running_kind = "train"
     job = _claim(job_id, worker)
     if job is None:
         return
@@ -352,7 +361,12 @@ def _epoch_hook(
 ) -> Callable[[dict[str, Any]], None]:
     """Progress after each epoch; for a sweep's trial, its metric too, and the pruner's
     verdict: a pruned trial stops within a batch, its job cancelled, its worker free."""
-    progress = _progress_writer(job.id, worker, spec.training.epochs)
+    written = _progress_writer(job.id, worker, spec.training.epochs)
+
+    def progress(record: dict[str, Any]) -> None:
+        written(record)
+        metrics.epoch_ended(float(record.get("seconds", 0.0)))
+
     trial = spec.trial
     if trial is None:
         return progress
@@ -462,12 +476,16 @@ def _train(job: JobOut, spec: TrainSpec, worker: str, lease: Lease, checkpoints:
     if not _record(job.id, lease, register):
         return False
     notify.job_done(job.id)
+    metrics.job_ended("train", JobState.succeeded.value)
+    metrics.trained(trained.samples)
     log.info("job %s of %s succeeded", job.id, spec.model_name)
     return True
 
 
 @logs.with_job_id
 def run_predict_job(job_id: str, worker: str) -> None:
+    global _running_kind
+    _running_kind = "predict"
     job = _claim(job_id, worker)
     if job is None:
         return

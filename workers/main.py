@@ -33,7 +33,7 @@ from shared import logs, processes
 from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
 from shared.families import OWN_PACKAGE
 from shared.routing import DEFAULT_POOL, POOL_PATTERN, worker_queues
-from workers import family_plugins, threads
+from workers import family_plugins, metrics, threads
 from workers.devices import DeviceGroup, discover_gpus, parse_gpus
 from workers.registration import Registration
 
@@ -59,7 +59,8 @@ def _child_init(**_: Any) -> None:
 
 def _record_pending(**_: Any) -> None:
     """As a worker (or a prefork child) stops: record the served predictions still
-    waiting to be written."""
+    waiting to be written, and let its metrics' live figures go."""
+    metrics.process_gone()
     if "workers.result_writer" in sys.modules:
         from workers.result_writer import close_writer
 
@@ -126,6 +127,10 @@ def run_worker(
         raise ValueError(f"--queues takes {QUEUE_TRAIN} and/or {QUEUE_PREDICT}, not {kinds}")
     logs.configure(role(group, kinds), loglevel)
     setup_logging.connect(_keep_our_logging, weak=False)
+    from shared.config import get_settings
+
+    # Before any metric is made, here or in the pool's children (they inherit it).
+    figures = metrics.prepare(get_settings().worker_metrics_port)
     devices = group.devices()
     group.pin()
     memory = min((d.memory_gb for d in devices), default=0.0)
@@ -147,7 +152,14 @@ def run_worker(
     name = node_name(group, kinds)
     infos = [o.info() for o in offered.values()]
     with Registration(name, pool, queues, [d.to_json() for d in devices], infos):
-        app.worker_main(worker_argv(name, queues, predict_only, loglevel))
+        settings = get_settings()
+        if figures is not None and settings.worker_metrics_port is not None:
+            address, port = settings.worker_metrics_address, settings.worker_metrics_port
+            metrics.serve(port, address, [d.index for d in devices])
+        try:
+            app.worker_main(worker_argv(name, queues, predict_only, loglevel))
+        finally:
+            metrics.cleanup(figures)
 
 
 def start(gpus: str | None, queues: str, pool: str, loglevel: str = "INFO") -> int:

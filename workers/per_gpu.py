@@ -9,6 +9,7 @@ whatever kills it (``die_with_parent``).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -42,7 +43,10 @@ class PerGpu:
             self.pause[gpu] = min(self.pause[gpu] * 2, 60.0)
         if not self.stopping.is_set():
             self.procs[gpu] = processes.spawn(
-                [*self.argv, "--gpus", str(gpu)], own_group=False, die_with_parent=True
+                [*self.argv, "--gpus", str(gpu)],
+                own_group=False,
+                die_with_parent=True,
+                env=_metrics_port_of(gpu),
             )
 
     def run(self) -> int:
@@ -52,6 +56,16 @@ class PerGpu:
             self.stopping.wait(1.0)
         processes.stop_all(self.procs.values(), STOP_SECONDS, group=False)
         return 0
+
+
+def _metrics_port_of(gpu: int) -> dict[str, str] | None:
+    """Each GPU's worker serves its metrics on the base port plus the GPU's index."""
+    from shared.config import get_settings
+
+    base = get_settings().worker_metrics_port
+    if base is None:
+        return None
+    return {**os.environ, "TORCHQUEUE_WORKER_METRICS_PORT": str(base + gpu)}
 
 
 def run_all(kinds: tuple[str, ...], pool: str, loglevel: str = "INFO") -> int:
