@@ -24,6 +24,7 @@ from api.routes import (
     pools,
     predict,
     sweeps,
+    webhooks,
     workers,
 )
 from shared.config import get_settings
@@ -70,5 +71,6 @@ def create_app() -> FastAPI:
     app.include_router(sweeps.router)
     app.include_router(pools.router)
     app.include_router(metrics.router)
+    app.include_router(webhooks.router)
     app.include_router(workers.router)
     return app

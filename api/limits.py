@@ -1,6 +1,8 @@
 """A request body over ``TORCHQUEUE_MAX_REQUEST_MB`` is refused with 413, before it is
 read into memory: by its Content-Length, or while it streams in. A data set's upload,
-which streams to disk, has its own limit (``TORCHQUEUE_MAX_DATASET_MB``) instead."""
+which streams to disk, has its own limit (``TORCHQUEUE_MAX_DATASET_MB``) instead. A URL
+holding a NUL character is refused with 422: no name or id has one, and PostgreSQL
+cannot compare a text with one."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import response_of
 from shared.config import get_settings
-from shared.errors import TooLarge
+from shared.errors import InvalidSpec, TooLarge
 
 # The one route whose body has a limit of its own (api.routes.datasets streams it to disk).
 UPLOAD_PATH = "/v1/datasets"
@@ -21,6 +23,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            error = InvalidSpec("the URL holds a NUL character", field="url")
+            await response_of(error)(scope, receive, send)
             return
         settings = get_settings()
         upload = scope["method"] == "POST" and scope["path"] == UPLOAD_PATH

@@ -105,7 +105,27 @@ class Reaper:
                 log.info("job %s: lease of %s expired: %s", job.id, job.worker, action)
         done["resent"] += self._resend_lost()
         done["sweep trials queued"] += self._advance_sweeps()
+        done["webhook deliveries sent"] += self._send_due_deliveries()
         return done
+
+    def _send_due_deliveries(self) -> int:
+        """Webhook deliveries that are due (a retry's time has come, or the send after
+        their event's commit was lost): their tasks again. An attempt is claimed in the
+        database, so a delivery whose task is still queued is not sent twice."""
+        from shared.db import webhooks
+        from shared.enqueue import send_delivery
+
+        with session_scope() as db:
+            due = webhooks.due(db, self.settings.resend_after_seconds)
+        sent = 0
+        for delivery_id in due:
+            try:
+                send_delivery(delivery_id)
+                sent += 1
+            except Unavailable as exc:
+                log.warning("cannot send webhook deliveries (%s); %d wait", exc.detail, len(due))
+                break
+        return sent
 
     def _advance_sweeps(self) -> int:
         """Every running sweep one step on: its ended trials recorded, the next ones asked

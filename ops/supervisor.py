@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -187,6 +188,14 @@ class Supervisor:
                 _write_private(key_file, created.stdout.strip())
                 made = ", made now"
             self.key_line = f"{key_file} (admin{made}; the command line reads it)"
+        given = self.env.get("TORCHQUEUE_FLOWER_PASSWORD_FILE")
+        if given and not self.env.get("TORCHQUEUE_FLOWER_PASSWORD"):
+            # Read here, as the settings read it: `up` checks Flower's page with it.
+            from shared.config import read_secret_file
+
+            password = read_secret_file("TORCHQUEUE_FLOWER_PASSWORD_FILE", given)
+            self.env.pop("TORCHQUEUE_FLOWER_PASSWORD_FILE")
+            self.env["TORCHQUEUE_FLOWER_PASSWORD"] = password
         if not self.env.get("TORCHQUEUE_FLOWER_PASSWORD"):
             cred_file = self.home / "flower.credentials"
             if not cred_file.exists():
@@ -203,7 +212,7 @@ class Supervisor:
     # --- the processes -------------------------------------------------------------
 
     def _plan(self) -> None:
-        from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
+        from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN, QUEUE_WEBHOOKS
         from workers.devices import DeviceGroup, discover_gpus, parse_gpus
         from workers.main import node_name, role
 
@@ -221,6 +230,10 @@ class Supervisor:
                 self.worker_names.append(node_name(group, kinds))
                 if QUEUE_TRAIN in kinds:  # the prefork pool (``workers.main``)
                     self.pool_workers.append(node_name(group, kinds))
+        # Webhook deliveries: a torch-free worker of its own, a pool of threads.
+        hooks = ["worker", "--cpu", "--queues", QUEUE_WEBHOOKS]
+        self.children.append(self._child("worker:webhooks", [*py, *hooks]))
+        self.worker_names.append(f"webhooks@{socket.gethostname()}")
         self.children.append(self._child("reaper", [*py, "reaper"]))
         self.children.append(
             self._child("flower", [*py, "flower", "--port", str(self.flower_port)])

@@ -9,13 +9,19 @@ on Linux, through platformdirs), so that the command line works from any directo
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "TORCHQUEUE_"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -26,6 +32,63 @@ def default_home() -> Path:
     ``~/.local/share/torchqueue`` on Linux, ``~/Library/Application Support/torchqueue``
     on macOS, ``%LOCALAPPDATA%\\torchqueue`` on Windows."""
     return platformdirs.user_data_path("torchqueue", appauthor=False)
+
+
+# Secrets that are not SecretStr: the URLs hold passwords, and an S3 key id goes with its key.
+FILE_TOO = frozenset({"redis_url", "database_url", "s3_access_key_id"})
+
+
+def file_settings(fields: dict[str, FieldInfo]) -> list[str]:
+    """The settings that ``TORCHQUEUE_<NAME>_FILE`` may give: every SecretStr, and FILE_TOO."""
+    return [
+        name
+        for name, field in fields.items()
+        if name in FILE_TOO
+        or field.annotation is SecretStr
+        or SecretStr in get_args(field.annotation)
+    ]
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """A secret file's text less one trailing newline (what `echo` and editors add); a
+    SettingsError naming ``variable`` when it cannot be read or is empty."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{variable}: {path} is not UTF-8 text") from None
+    text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if not text:
+        raise SettingsError(f"{variable}: {path} is empty")
+    return text
+
+
+def _environ() -> dict[str, str]:
+    # Variable names are case-insensitive, as pydantic-settings reads them.
+    return {name.upper(): value for name, value in os.environ.items()}
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """``TORCHQUEUE_<NAME>_FILE=/run/secrets/...``: a secret setting read from a file, the
+    Docker-secrets (and systemd-credentials) way, so that the value is in no process's
+    environment. Giving both ``TORCHQUEUE_<NAME>`` and its ``_FILE`` is an error."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads them all at once
+
+    def __call__(self) -> dict[str, Any]:
+        environ = _environ()
+        values: dict[str, Any] = {}
+        for name in file_settings(self.settings_cls.model_fields):
+            variable = f"{ENV_PREFIX}{name}".upper()
+            path = environ.get(f"{variable}_FILE")
+            if path is None:
+                continue
+            if variable in environ:
+                raise SettingsError(f"{variable} and {variable}_FILE are both set: set one of them")
+            values[name] = read_secret_file(f"{variable}_FILE", path)
+        return values
 
 
 class Settings(BaseSettings):
@@ -88,6 +151,15 @@ class Settings(BaseSettings):
     # `none`. torchqueue's own families always load.
     family_plugins: str = "*"
     max_wait_seconds: float = 300.0
+    # Webhooks (`shared.webhook_urls`): http as well as https, and the hosts that may be
+    # internal (loopback, private) addresses, comma-separated. A delivery that fails is
+    # tried again after `webhook_retry_seconds`, doubling each time (at most an hour apart),
+    # for `webhook_retry_for_hours`.
+    webhook_allow_http: bool = False
+    webhook_allowed_hosts: str = ""
+    webhook_retry_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_for_hours: float = Field(default=24.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # A worker's Prometheus metrics (`workers.metrics`): served by its parent on this port
     # (`--gpus all`: this port plus each GPU's index) and address; none when unset.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
@@ -134,6 +206,18 @@ class Settings(BaseSettings):
         if value is not None and (len(secret) < 16 or "change-me" in secret):
             raise ValueError("use a random secret of at least 16 characters, not a placeholder")
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = SecretFilesSource(settings_cls)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
 
     @property
     def url_prefixes(self) -> list[str]:
@@ -199,8 +283,11 @@ def describe(error: ValidationError) -> str:
     """One line per setting at fault, named by its environment variable, never showing
     the value (it may be a secret)."""
     lines = []
+    environ = _environ()
     for item in error.errors():
         name = f"{ENV_PREFIX}{item['loc'][0]}".upper() if item["loc"] else "settings"
+        if f"{name}_FILE" in environ:  # the value came from that file
+            name = f"{name}_FILE"
         lines.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 

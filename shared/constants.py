@@ -7,7 +7,11 @@ from __future__ import annotations
 QUEUE_TRAIN = "train"
 QUEUE_PREDICT = "predict"
 
+# Webhook deliveries: short HTTP calls, on a queue (and a worker) of their own.
+QUEUE_WEBHOOKS = "webhooks"
+
 TASK_TRAIN = "torchqueue.train"
+TASK_DELIVER = "torchqueue.webhooks.deliver"
 TASK_PREDICT = "torchqueue.predict"
 # A batch of sync predictions, coalesced by the API (``shared.schemas.ServeBatch``).
 TASK_SERVE = "torchqueue.serve"

@@ -13,7 +13,14 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from shared.celery_app import create_celery, get_celery
 from shared.config import get_settings
-from shared.constants import JOBS_HEADER, TASK_PREDICT, TASK_SERVE, TASK_TRAIN
+from shared.constants import (
+    JOBS_HEADER,
+    QUEUE_WEBHOOKS,
+    TASK_DELIVER,
+    TASK_PREDICT,
+    TASK_SERVE,
+    TASK_TRAIN,
+)
 from shared.errors import Unavailable
 from shared.jobstate import JobKind
 from shared.routing import SERVE_PRIORITY, broker_priority
@@ -73,6 +80,21 @@ def send_batch(batch: ServeBatch, batch_id: str) -> None:
             headers={JOBS_HEADER: ids},
             argsrepr=f"[{len(ids)} requests]",
             kwargsrepr=repr({"model": batch.model, "version": batch.version}),
+            retry=True,
+            retry_policy=RETRY,
+        )
+    except (BrokerError, OSError) as exc:
+        raise Unavailable(f"the broker cannot be reached: {exc}") from None
+
+
+def send_delivery(delivery_id: str) -> None:
+    """Send a recorded webhook delivery's task; Unavailable when the broker cannot take it
+    (the delivery waits in the database, and the reaper sends it)."""
+    try:
+        get_celery().send_task(
+            TASK_DELIVER,
+            args=[delivery_id],
+            queue=QUEUE_WEBHOOKS,
             retry=True,
             retry_policy=RETRY,
         )

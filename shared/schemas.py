@@ -249,6 +249,12 @@ class TrainRequest(_Strict):
     resources: Resources = Field(default_factory=Resources)
     priority: Priority = 0
     max_attempts: MaxAttempts = 3
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="where to POST the job's end (a webhook for this job alone, signed with "
+        "the secret in the answer's callback)",
+    )
 
 
 class TrialRef(_Strict):
@@ -414,6 +420,12 @@ class PredictRequest(_Strict):
     resources: PredictResources = Field(default_factory=PredictResources)
     priority: Priority = 0
     max_attempts: MaxAttempts = 3
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="where to POST the job's end (a webhook for this job alone, signed with "
+        "the secret in the answer's callback)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictRequest:
@@ -518,6 +530,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     spec: dict[str, Any]
+    # In the answer that made a job with a callback_url only: its webhook and the secret
+    # its deliveries are signed with.
+    callback: dict[str, str] | None = None
 
 
 class JobEventOut(BaseModel):

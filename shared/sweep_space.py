@@ -95,6 +95,11 @@ def check(
     validation: DatasetVersionOut | None = None,
 ) -> TrainSpec:
     """Refuse a space that cannot run, naming the dimension; return the base's spec."""
+    if req.base.callback_url is not None:
+        raise InvalidSpec(
+            "a sweep's trials take no callback: subscribe a webhook to sweep.finished",
+            field="base.callback_url",
+        )
     base = req.base.model_dump(mode="json", exclude_unset=True)
 
     def resolve(one: TrainRequest) -> TrainSpec:

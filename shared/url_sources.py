@@ -93,7 +93,9 @@ def _ip_literal(host: str) -> bool:
     return True
 
 
-def _internal(address: str) -> bool:
+def is_internal(address: str) -> bool:
+    """Loopback, link-local, private, reserved, multicast or unspecified: not the open
+    internet."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -107,11 +109,12 @@ def _internal(address: str) -> bool:
     )
 
 
-def _addresses(host: str) -> list[str]:
+def addresses(host: str, field: str = FIELD) -> list[str]:
+    """Every address ``host`` resolves to; InvalidSpec naming ``field`` when it does not."""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
-        raise InvalidSpec(f"the URL's host {host!r} does not resolve: {exc}", field=FIELD) from None
+        raise InvalidSpec(f"the URL's host {host!r} does not resolve: {exc}", field=field) from None
     return [str(info[4][0]) for info in infos]
 
 
@@ -142,8 +145,8 @@ def check_url(url: str, prefixes: list[str]) -> str:
     if parts.path.endswith("/"):
         raise InvalidSpec(f"{parts.url()} names a folder; name the file", field=FIELD)
     if parts.scheme in _HTTP and not _ip_literal(match.host):
-        for address in _addresses(parts.host):
-            if _internal(address):
+        for address in addresses(parts.host):
+            if is_internal(address):
                 raise InvalidSpec(
                     f"the host {parts.host!r} resolves to {address}, a loopback, link-local, "
                     "private or reserved address; the operator allows such an address by "

@@ -49,6 +49,10 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "TORCHQUEUE_API_KEY": ADMIN_KEY,
         "TORCHQUEUE_FLOWER_USER": "flower",
         "TORCHQUEUE_FLOWER_PASSWORD": FLOWER_PASSWORD,
+        # The webhook receivers of the tests listen on loopback, over plain http.
+        "TORCHQUEUE_WEBHOOK_ALLOW_HTTP": "true",
+        "TORCHQUEUE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "TORCHQUEUE_WEBHOOK_RETRY_SECONDS": "0.2",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -30,7 +30,7 @@ from celery.signals import (
 )
 
 from shared import logs, processes
-from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
+from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN, QUEUE_WEBHOOKS
 from shared.families import OWN_PACKAGE
 from shared.routing import DEFAULT_POOL, POOL_PATTERN, worker_queues
 from workers import family_plugins, metrics, threads
@@ -119,12 +119,36 @@ def _families() -> dict[str, family_plugins.Offered]:
     return offered
 
 
+# Deliveries in flight at once on a webhook worker: each mostly waits on the network.
+WEBHOOK_THREADS = 8
+
+
+def run_webhook_worker(loglevel: str = "INFO") -> None:
+    """The worker of webhook deliveries: torch-free, a pool of threads, its own queue."""
+    logs.configure("worker:webhooks", loglevel)
+    setup_logging.connect(_keep_our_logging, weak=False)
+    from shared.celery_app import get_celery
+
+    app = get_celery()
+    import workers.webhook_tasks  # noqa: F401  registers the task with the app
+
+    name = f"webhooks@{socket.gethostname()}"
+    argv = ["worker", f"--hostname={name}", f"--queues={QUEUE_WEBHOOKS}",
+            f"--loglevel={loglevel}", "--without-mingle", "--without-gossip",
+            "--pool=threads", f"--concurrency={WEBHOOK_THREADS}"]  # fmt: skip
+    with Registration(name, DEFAULT_POOL, [QUEUE_WEBHOOKS], []):
+        app.worker_main(argv)
+
+
 def run_worker(
     group: DeviceGroup, kinds: tuple[str, ...], pool: str, loglevel: str = "INFO"
 ) -> None:
     unknown = set(kinds) - {QUEUE_TRAIN, QUEUE_PREDICT}
     if unknown or not kinds:
-        raise ValueError(f"--queues takes {QUEUE_TRAIN} and/or {QUEUE_PREDICT}, not {kinds}")
+        raise ValueError(
+            f"--queues takes {QUEUE_TRAIN} and/or {QUEUE_PREDICT}, or {QUEUE_WEBHOOKS} alone; "
+            f"not {kinds}"
+        )
     logs.configure(role(group, kinds), loglevel)
     setup_logging.connect(_keep_our_logging, weak=False)
     from shared.config import get_settings
@@ -167,6 +191,9 @@ def start(gpus: str | None, queues: str, pool: str, loglevel: str = "INFO") -> i
     taking the kinds of job named in ``queues`` ("train,predict"); raise ValueError when
     an argument is wrong. Returns the exit status."""
     kinds = tuple(q.strip() for q in queues.split(",") if q.strip())
+    if kinds == (QUEUE_WEBHOOKS,):
+        run_webhook_worker(loglevel)
+        return 0
     if gpus == "all":
         from workers.per_gpu import run_all
 

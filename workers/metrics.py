@@ -122,6 +122,14 @@ def cache_lookup(hit: bool, total_bytes: int | None) -> None:
             m.cache_bytes.set(total_bytes)
 
 
+# Each GPU's figures from NVML: the key in ``_nvml``'s answer, the metric, its help.
+GPU_FIGURES = {
+    "utilization": ("torchqueue_gpu_utilization_ratio", "the GPU's busy share"),
+    "memory": ("torchqueue_gpu_memory_used_bytes", "the GPU's memory in use"),
+    "power": ("torchqueue_gpu_power_watts", "the GPU's power draw"),
+}
+
+
 class _Device:
     """Read when scraped: each GPU's NVML figures, or this worker's CPU time and memory."""
 
@@ -144,12 +152,7 @@ class _Device:
             memory.add_metric([], rss)
             yield from (cpu, memory)
             return
-        names = {
-            "utilization": ("torchqueue_gpu_utilization_ratio", "the GPU's busy share"),
-            "memory": ("torchqueue_gpu_memory_used_bytes", "the GPU's memory in use"),
-            "power": ("torchqueue_gpu_power_watts", "the GPU's power draw"),
-        }
-        for key, (name, about) in names.items():
+        for key, (name, about) in GPU_FIGURES.items():
             family = GaugeMetricFamily(name, about, labels=["gpu"])
             for gpu, values in figures.items():
                 family.add_metric([str(gpu)], values[key])
@@ -203,13 +206,20 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def serve(port: int, address: str, gpus: list[int]) -> None:
-    """The parent's HTTP server: every process's figures added up, and the device's."""
-    from prometheus_client import CollectorRegistry, start_http_server
+def registry(gpus: list[int]) -> Any:
+    """What the parent serves: every process's figures added up, and the device's."""
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    registry.register(_Device(gpus))
-    start_http_server(port, addr=address, registry=registry)
+    made = CollectorRegistry()
+    MultiProcessCollector(made)
+    made.register(_Device(gpus))
+    return made
+
+
+def serve(port: int, address: str, gpus: list[int]) -> None:
+    """The parent's HTTP server."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=address, registry=registry(gpus))
     log.info("metrics on http://%s:%d/metrics", address, port)

@@ -16,7 +16,15 @@ from api.deps import SessionDep
 from api.inline import store_inline
 from shared.auth import Principal
 from shared.config import get_settings
-from shared.db import datasets, family_catalogue, fleet, job_reads, jobs, model_registry
+from shared.db import (
+    datasets,
+    family_catalogue,
+    fleet,
+    job_reads,
+    jobs,
+    model_registry,
+    webhooks,
+)
 from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, Forbidden, InvalidSpec, Unavailable
@@ -26,6 +34,7 @@ from shared.notify import wait_until_done
 from shared.routing import predict_queue, train_queue, waiting_reason
 from shared.schemas import (
     MAX_OFFSET,
+    NAME_PATTERN,
     DatasetVersionOut,
     ErrorOut,
     JobEventOut,
@@ -37,6 +46,7 @@ from shared.schemas import (
     TrainRequest,
 )
 from shared.validation import check_inputs, resolve_train, unknown_family
+from shared.webhook_urls import check_webhook_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -87,11 +97,15 @@ def _submit(
     key: str | None,
     request_hash: str,
     family: str,
+    callback_url: str | None = None,
     **create: Any,
 ) -> tuple[JobOut, bool]:
     """Record a job (or find the one this key made) and send it; return it and whether
     it is new. The row is committed before its message is sent. Idempotency keys are
-    each API key's own: two callers cannot collide."""
+    each API key's own: two callers cannot collide. A ``callback_url`` becomes a webhook
+    to the job's end alone, made in the same transaction."""
+    if callback_url is not None:
+        callback_url = _checked_callback(callback_url)
     if key is not None:
         key = _own(who, key)
     create["submitted_by"] = who.key_id
@@ -104,6 +118,12 @@ def _submit(
         job = jobs.create_job(
             session, idempotency_key=key, request_hash=request_hash if key else None, **create
         )
+        if callback_url is not None:
+            hook, secret = webhooks.create(
+                session, url=callback_url, events=list(JOB_ENDS), owner=who.key_id,
+                owner_is_admin=False, job_id=job.id,
+            )  # fmt: skip
+            job = job.model_copy(update={"callback": {"webhook_id": hook.id, "secret": secret}})
         session.commit()
     except IntegrityError:  # the same key, submitted at the same moment
         session.rollback()
@@ -119,6 +139,17 @@ def _submit(
         session.commit()
         job = job.model_copy(update={"message": message})
     return job, True
+
+
+# The events a job's callback hears: its end, whichever it is.
+JOB_ENDS = ("job.succeeded", "job.failed", "job.cancelled")
+
+
+def _checked_callback(url: str) -> str:
+    try:
+        return check_webhook_url(url)
+    except InvalidSpec as exc:
+        raise InvalidSpec(exc.detail, field="callback_url") from None
 
 
 def training_lookups(
@@ -169,6 +200,7 @@ def submit_train(
         key,
         request_hash,
         spec.family,
+        req.callback_url,
         kind=JobKind.train,
         model_name=spec.model_name,
         spec=spec.model_dump(mode="json"),
@@ -212,6 +244,7 @@ def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tup
             key,
             _request_hash(JobKind.predict, req.model_dump(mode="json", exclude={"wait"})),
             version.family,
+            req.callback_url,
             kind=JobKind.predict,
             model_name=req.model_name,
             spec=spec.model_dump(mode="json"),
@@ -290,7 +323,7 @@ def list_jobs(
     who: JobsRead,
     state: JobState | None = None,
     kind: JobKind | None = None,
-    model_name: str | None = None,
+    model_name: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:

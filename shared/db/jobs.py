@@ -39,6 +39,7 @@ from shared.jobstate import (
 from shared.routing import SERVE_PRIORITY
 from shared.schemas import JobOut, PredictSpec, ServeItem
 
+from . import webhooks
 from .job_reads import get_job, job_out
 from .models import Job, JobEvent
 
@@ -94,7 +95,21 @@ def transition(
         .values(state=to, **values)
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(session.execute(stmt), "rowcount", 0) == 1)
+    moved = bool(getattr(session.execute(stmt), "rowcount", 0) == 1)
+    if moved and to.is_terminal():
+        _tell_subscribers(session, job_id, to)
+    return moved
+
+
+def _tell_subscribers(session: Session, job_id: str, to: JobState) -> None:
+    """A job ended: its event for the webhooks that want it, in the same transaction."""
+    if not webhooks.any_subscription(session):
+        return
+    job = get_job(session, job_id)
+    data = {"job_id": job.id, "kind": job.kind.value, "state": to.value,
+            "model_name": job.model_name, "model_version": job.model_version,
+            "message": job.message, "error": job.error}  # fmt: skip
+    webhooks.record(session, f"job.{to.value}", job.id, data, job.submitted_by)
 
 
 # --- births ----------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from shared.errors import Conflict, NotFound
 from shared.jobstate import now
 from shared.schemas import BatchingIn, ModelOut, ModelPage, ModelVersionOut
 
-from .models import ModelAlias, ModelVersion, RegisteredModel
+from . import webhooks
+from .models import Job, ModelAlias, ModelVersion, RegisteredModel
 
 
 def _version_out(row: ModelVersion) -> ModelVersionOut:
@@ -89,10 +90,24 @@ def register_model_version(
                     .values(updated_at=stamp)
                 )
                 session.flush()
-            return _version_out(row)
+            made = _version_out(row)
+            _tell_subscribers(session, made)
+            return made
         except IntegrityError:
             continue
     raise Conflict(f"could not assign a version to model '{model_name}'; try again")
+
+
+def _tell_subscribers(session: Session, version: ModelVersionOut) -> None:
+    """A version was made: its event for the webhooks that want it, in this transaction."""
+    if not webhooks.any_subscription(session):
+        return
+    owner = session.scalar(sa.select(Job.submitted_by).where(Job.id == version.job_id))
+    data = version.model_dump(
+        mode="json", include={"model_name", "version", "family", "job_id", "metrics"}
+    )
+    key = f"{version.model_name}:{version.version}"
+    webhooks.record(session, "model.version.created", key, data, owner)
 
 
 def _is_name(version: int | str) -> bool:

@@ -13,6 +13,7 @@ from sqlalchemy.types import TypeDecorator
 
 from shared.jobstate import JobEventKind, JobKind, JobState
 from shared.sweepstate import SweepState, TrialState
+from shared.webhookstate import DeliveryState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -311,3 +312,48 @@ class SweepTrial(Base):
     epoch: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
+
+
+class Webhook(Base):
+    """A subscription: where to send which events, signed with its own secret (Standard
+    Webhooks), for the key that made it (an admin key's hears every key's events)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    url: Mapped[str] = mapped_column(sa.String(2048))
+    events: Mapped[list[str]] = mapped_column(sa.JSON)
+    secret: Mapped[str] = mapped_column(sa.String(128))
+    owner: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    owner_is_admin: Mapped[bool] = mapped_column(default=False)
+    # A job's callback_url: a subscription to that job's end alone.
+    job_id: Mapped[str | None] = mapped_column(sa.String(36))
+    created_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription, from the moment it happened (recorded in the same
+    transaction) until it was delivered or given up: ``event_key`` makes it once."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("webhook_id", "event_key", name="uq_webhook_event"),
+        sa.Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    event: Mapped[str] = mapped_column(sa.String(64))
+    event_key: Mapped[str] = mapped_column(sa.String(128))
+    payload: Mapped[dict[str, Any]]
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState, "delivery_state"))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    next_attempt_at: Mapped[datetime]
+    # When the reaper last sent its task (a task may wait in the broker meanwhile).
+    sent_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]

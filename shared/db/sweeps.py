@@ -17,6 +17,7 @@ from shared.jobstate import now
 from shared.sweep_schemas import SweepOut, SweepPage, TrialOut
 from shared.sweepstate import SWEEP_FROM, TRIAL_FROM, SweepState, TrialState
 
+from . import webhooks
 from .models import Job, Sweep, SweepTrial
 
 
@@ -215,7 +216,16 @@ def set_best(session: Session, sweep_id: str, best: int | None, message: str | N
 
 
 def finish(session: Session, sweep_id: str, message: str) -> bool:
-    return _move(session, sweep_id, SweepState.finished, message=message)
+    """The sweep ended, every trial done; its event for the webhooks that want it."""
+    if not _move(session, sweep_id, SweepState.finished, message=message):
+        return False
+    if webhooks.any_subscription(session):
+        sweep = get_sweep(session, sweep_id)
+        best = sweep.best.model_dump(mode="json", exclude={"system_attrs"}) if sweep.best else None
+        data = {"sweep_id": sweep.id, "model_name": sweep.model_name, "message": message,
+                "counts": sweep.counts, "best": best}  # fmt: skip
+        webhooks.record(session, "sweep.finished", sweep.id, data, sweep.submitted_by)
+    return True
 
 
 def cancel(session: Session, sweep_id: str, message: str) -> bool:

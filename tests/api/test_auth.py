@@ -51,6 +51,11 @@ NEEDS: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/sweeps/{sweep_id}"): {"jobs:read"},
     ("POST", "/v1/sweeps/{sweep_id}/cancel"): {"jobs:submit"},
     ("GET", "/v1/pools/{pool}/backlog"): {"jobs:read"},
+    ("POST", "/v1/webhooks"): {"jobs:submit"},
+    ("GET", "/v1/webhooks"): {"jobs:read"},
+    ("GET", "/v1/webhooks/{webhook_id}"): {"jobs:read"},
+    ("DELETE", "/v1/webhooks/{webhook_id}"): {"jobs:submit"},
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): {"jobs:read"},
 }
 
 
@@ -77,7 +82,7 @@ def _as(key: str | None) -> dict[str, str]:
 
 def _call(client: Any, method: str, path: str, key: str | None) -> Any:
     url = path.format(job_id="0000", name="m", version="1", alias="production", sweep_id="0000",
-                      pool="gpu")  # fmt: skip
+                      pool="gpu", webhook_id="0000")  # fmt: skip
     body = {"model_name": "m", "inputs": ["x"]} if url.endswith("predict") else TRAIN
     return client.request(method, url, json=body if method == "POST" else None, headers=_as(key))
 

@@ -81,6 +81,7 @@ def test_unknown_jobs_models_and_versions_are_404(api_client: Any) -> None:
 def test_bad_query_parameters_are_422(api_client: Any) -> None:
     _check(api_client.get("/v1/jobs", params={"state": "sleeping"}), 422, "state")
     _check(api_client.get("/v1/jobs", params={"limit": 0}), 422, "limit")
+    _check(api_client.get("/v1/jobs", params={"model_name": "not a name"}), 422, "model_name")
     # A number, latest or an alias (which starts with a letter).
     _check(api_client.get("/v1/models/x/versions/1st"), 422, "version")
 
@@ -147,3 +148,8 @@ def test_a_body_over_the_limit_is_413_in_the_usual_shape(
             "type": "too_large",
             "detail": "the request body is over the limit of 1 MB",
         }
+
+
+def test_a_nul_anywhere_in_the_url_is_422_not_a_database_error(api_client: Any) -> None:
+    for url in ("/v1/models/a%00b", "/v1/jobs?kind=train&model_name=%00", "/v1/datasets/x%00"):
+        _check(api_client.get(url), 422, "url")

@@ -20,8 +20,15 @@ import sqlalchemy as sa
 
 from api.app import create_app
 from shared.config import get_settings
-from shared.db import aliases, datasets, jobs, model_registry, sweeps
-from shared.db.models import DatasetVersion, Job, ModelAlias, RegisteredModel, Sweep
+from shared.db import aliases, datasets, jobs, model_registry, sweeps, webhooks
+from shared.db.models import (
+    DatasetVersion,
+    Job,
+    ModelAlias,
+    RegisteredModel,
+    Sweep,
+    Webhook,
+)
 from shared.db.session import session_scope
 from shared.jobstate import JobKind
 from shared.processes import free_port
@@ -273,7 +280,29 @@ def _cancel_sweep() -> Write:
     return Write("POST", f"/v1/sweeps/{sweep_id}/cancel", None, state, "running", "cancelled")
 
 
+def _webhooks_to(url: str) -> Callable[[sa.Connection], int]:
+    return lambda c: int(
+        c.execute(sa.select(sa.func.count()).where(Webhook.url == url)).scalar() or 0
+    )
+
+
+def _subscribe() -> Write:
+    url = f"http://127.0.0.1:9/{unique('hook')}"
+    body = {"url": url, "events": ["job.succeeded"]}
+    return Write("POST", "/v1/webhooks", body, _webhooks_to(url), 0, 1)
+
+
+def _unsubscribe() -> Write:
+    url = f"http://127.0.0.1:9/{unique('hook')}"
+    with session_scope() as s:
+        made, _ = webhooks.create(s, url=url, events=["job.failed"], owner=None,
+                                  owner_is_admin=True)  # fmt: skip
+    return Write("DELETE", f"/v1/webhooks/{made.id}", None, _webhooks_to(url), 1, 0)
+
+
 WRITES: dict[tuple[str, str], Callable[[], Write]] = {
+    ("POST", "/v1/webhooks"): _subscribe,
+    ("DELETE", "/v1/webhooks/{webhook_id}"): _unsubscribe,
     ("POST", "/v1/sweeps"): _sweep,
     ("POST", "/v1/sweeps/{sweep_id}/cancel"): _cancel_sweep,
     ("POST", "/v1/datasets"): _upload,

@@ -20,7 +20,8 @@ from shared.processes import free_port
 from tests.helpers import ROOT, alive
 
 pytestmark = pytest.mark.slow
-ROLES = ("redis", "api", "worker:train-cpu", "worker:predict-cpu", "reaper", "flower")
+ROLES = ("redis", "api", "worker:train-cpu", "worker:predict-cpu", "worker:webhooks", "reaper",
+         "flower")  # fmt: skip
 
 
 def _processes_with_home(home: Path) -> list[int]:

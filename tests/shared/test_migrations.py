@@ -27,6 +27,8 @@ TABLES = {
     "model_families",
     "sweeps",
     "sweep_trials",
+    "webhooks",
+    "webhook_deliveries",
     "model_versions",
     "workers",
 }
