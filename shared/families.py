@@ -144,10 +144,6 @@ class DescribedFamily(_TaskRules):
     def input_kind(self) -> InputKind:
         return self.info.input_kind
 
-    @property
-    def description(self) -> str:
-        return self.info.description
-
 
 AnyFamily = Family | DescribedFamily
 

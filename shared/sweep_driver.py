@@ -264,14 +264,15 @@ def advance_in(session: Session, sweep_id: str) -> list[JobOut]:
         return []
     req = SweepRequest.model_validate(sweep.spec["request"])
     _end_trials(session, sweep, req)
-    sweep = sweeps.locked(session, sweep_id)
+    sweep = sweeps.locked(session, sweep_id)  # as the ended trials left it
     made = _new_trials(session, sweep, req)
-    sweep = sweeps.locked(session, sweep_id)
+    # New trials are pending: they change neither the best nor whether the sweep is over.
     best = _best(sweep.trials, req)
     shown = f"best so far: trial {best.number}, {req.metric} {best.value:.6g}" if best else None
     sweeps.set_best(session, sweep.id, best.number if best else None, shown)
-    if len(sweep.trials) >= req.trials and not sweep.counts.get(TrialState.pending.value):
-        _finish(session, sweeps.locked(session, sweep_id), req)
+    over = len(sweep.trials) >= req.trials and not sweep.counts.get(TrialState.pending.value)
+    if over and not made:
+        _finish(session, sweep, req)
     return made
 
 

@@ -4,7 +4,7 @@ objects, never ORM rows. Every write of a job is ``shared.db.jobs``'s."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -107,7 +107,7 @@ def queue_depths(session: Session) -> list[tuple[str, int, float | None]]:
     ).all()
     stamp = now()
     return [
-        (queue, int(n), (stamp - _aware(oldest)).total_seconds() if oldest else None)
+        (queue, int(n), (stamp - oldest).total_seconds() if oldest else None)
         for queue, n, oldest in rows
     ]
 
@@ -140,11 +140,6 @@ def pool_backlog(session: Session, pool: str) -> dict[str, object]:
             oldest = first if oldest is None or (first and first < oldest) else oldest
         else:
             running += int(n)
-    waited = (now() - _aware(oldest)).total_seconds() if oldest is not None else 0.0
+    waited = (now() - oldest).total_seconds() if oldest is not None else 0.0
     return {"pool": pool, "queued": sum(queued.values()), "queued_by_kind": queued,
             "running": running, "oldest_queued_seconds": round(waited, 3)}  # fmt: skip
-
-
-def _aware(stamp: datetime) -> datetime:
-    """An aggregate's timestamp: SQLite returns it without its zone (stored as UTC)."""
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)

@@ -103,13 +103,12 @@ def deliveries(
 def record(session: Session, event: str, key: str, data: dict[str, Any], owner: str | None) -> None:
     """``event`` happened (``key``: what it happened to, once): a delivery for each
     subscription that wants it (its owner's, or an admin's), sent after the commit."""
-    wanted = [
-        w
-        for w in session.scalars(sa.select(Webhook))
-        if event in w.events
-        and (w.owner_is_admin or (owner is not None and w.owner == owner))
-        and (w.job_id is None or w.job_id == key)
-    ]
+    # Whose: an admin's, or the owner's; a job's callback hears only its own job.
+    query = sa.select(Webhook).where(
+        sa.or_(Webhook.owner_is_admin, Webhook.owner == owner) if owner else Webhook.owner_is_admin,
+        sa.or_(Webhook.job_id.is_(None), Webhook.job_id == key),
+    )
+    wanted = [w for w in session.scalars(query) if event in w.events]
     stamp = now()
     for webhook in wanted:
         delivery_id = str(uuid.uuid4())

@@ -78,10 +78,6 @@ class _Builders(Mapping[str, FamilyBuilder]):
     def __len__(self) -> int:
         return len(self._all())
 
-    def forget(self) -> None:
-        """Look again at what is installed on next use (tests)."""
-        self._loaded = None
-
 
 BUILDERS = _Builders()
 
