@@ -10,6 +10,7 @@ from celery import Celery
 from shared.config import Settings, get_settings
 from shared.constants import QUEUE_TRAIN
 from shared.routing import PRIORITY_LEVELS
+from shared.transport import AMQP
 
 # A training job may run for days; Redis re-delivers an unacknowledged message after this
 # long. The claim in the database makes a re-delivery harmless, and this keeps it rare.
@@ -18,7 +19,8 @@ PROC_ALIVE_TIMEOUT_SECONDS = 120.0
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("torchqueue", broker=settings.broker_url, set_as_current=True)
+    # Our Redis transport: a job sent again goes to the front of its priority level.
+    app = Celery("torchqueue", broker=settings.broker_url, amqp=AMQP, set_as_current=True)
     app.conf.update(
         # JSON only: a pickled message is remote code execution for whoever reaches Redis.
         task_serializer="json",

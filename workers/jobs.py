@@ -237,7 +237,7 @@ def _give_back(job: JobOut, worker: str, reason: str) -> None:
         with session_scope() as s:
             moved = jobs.requeue(s, job.id, reason=reason, worker=worker, charge_attempt=False)
         if moved:
-            send_job(job)
+            send_job(job, first=True)
             log.info("job %s requeued: %s", job.id, reason)
     except TRANSIENT as exc:
         log.warning("could not requeue job %s (%s); its lease will expire", job.id, exc)
