@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from api.auth import JobsRead, JobsSubmit, PredictSubmit, TrainSubmit, visible
 from api.deps import SessionDep
 from api.inline import store_inline
+from api.submitter import Made, submitter
 from shared.auth import Principal
 from shared.config import get_settings
 from shared.db import (
@@ -28,7 +29,7 @@ from shared.db import (
 from shared.db.session import read_scope, session_scope
 from shared.enqueue import send_job
 from shared.errors import Conflict, Forbidden, InvalidSpec, Unavailable
-from shared.families import AnyFamily
+from shared.families import FAMILIES, AnyFamily
 from shared.jobstate import JobKind, JobState
 from shared.notify import wait_until_done
 from shared.routing import predict_queue, train_queue, waiting_reason
@@ -44,6 +45,7 @@ from shared.schemas import (
     PredictSpec,
     RunPredictDataset,
     TrainRequest,
+    TrainSpec,
 )
 from shared.validation import check_inputs, resolve_train, unknown_family
 from shared.webhook_urls import check_webhook_url
@@ -176,87 +178,125 @@ def training_lookups(
 
 
 @router.post("/train", status_code=201, responses={**ERRORS, 200: {"model": JobOut}})
-def submit_train(
+async def submit_train(
     req: TrainRequest,
-    session: SessionDep,
     response: Response,
     who: TrainSubmit,
     key: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a training job; its model version appears when it succeeds. The same
     ``Idempotency-Key`` with the same body answers 200 with the job it made."""
-    family, found, validation = training_lookups(session, who, req)
-    spec = resolve_train(req, found, validation, family)
     data = req.dataset
-    request_hash = _request_hash(JobKind.train, req.model_dump(mode="json"))
-    if key is not None and (job := _existing(session, _own(who, key), request_hash)):
-        response.status_code = 200
-        return job
-    if data.inline is not None:
-        spec.dataset = store_inline(session, who, spec.model_name, data.inline)
-    job, created = _submit(
-        session,
-        who,
-        key,
-        request_hash,
-        spec.family,
-        req.callback_url,
-        kind=JobKind.train,
-        model_name=spec.model_name,
-        spec=spec.model_dump(mode="json"),
-        queue=train_queue(
+    if key is None and req.callback_url is None and data.name is None and req.family in FAMILIES:
+        # Nothing to look up: validated here, recorded with its neighbours' (a group commit).
+        spec = resolve_train(req, None, None, FAMILIES[req.family])
+        create = _train_create(req, spec)
+
+        def make(session: Session) -> Made:
+            if data.inline is not None:
+                spec.dataset = store_inline(session, who, spec.model_name, data.inline)
+            return {**create, "spec": spec.model_dump(mode="json"),
+                    "submitted_by": who.key_id}, spec.family  # fmt: skip
+
+        return await submitter().submit(make)
+    job, created = await run_in_threadpool(_submit_train, req, who, key)
+    response.status_code = 201 if created else 200
+    return job
+
+
+def _train_create(req: TrainRequest, spec: TrainSpec) -> dict[str, Any]:
+    """A training job's ``create_job`` keywords, but its spec."""
+    return {
+        "kind": JobKind.train,
+        "model_name": spec.model_name,
+        "queue": train_queue(
             req.resources.pool,
             req.resources.devices,
             req.resources.min_device_memory_gb,
             spec.family,
         ),
-        priority=req.priority,
-        max_attempts=req.max_attempts,
+        "priority": req.priority,
+        "max_attempts": req.max_attempts,
+    }
+
+
+def _submit_train(req: TrainRequest, who: Principal, key: str | None) -> tuple[JobOut, bool]:
+    """A training job that needs the database before it is made (a stored data set, a
+    plugin's family, an Idempotency-Key, a callback), in a transaction of its own."""
+    with session_scope() as session:
+        family, found, validation = training_lookups(session, who, req)
+        spec = resolve_train(req, found, validation, family)
+        data = req.dataset
+        request_hash = _request_hash(JobKind.train, req.model_dump(mode="json"))
+        if key is not None and (job := _existing(session, _own(who, key), request_hash)):
+            return job, False
+        if data.inline is not None:
+            spec.dataset = store_inline(session, who, spec.model_name, data.inline)
+        return _submit(
+            session,
+            who,
+            key,
+            request_hash,
+            spec.family,
+            req.callback_url,
+            spec=spec.model_dump(mode="json"),
+            **_train_create(req, spec),
+        )
+
+
+def _predict_create(s: Session, req: PredictRequest, who: Principal) -> tuple[dict[str, Any], str]:
+    """A prediction job's ``create_job`` keywords, once its model version (and data set)
+    are looked up and its inputs checked; and the version's family."""
+    version = model_registry.get_model_version(s, req.model_name, req.version)
+    scored = None
+    if req.dataset is not None:
+        data = req.dataset
+        found = datasets.get_version(s, data.name, data.version, who.viewer, prefix="dataset.")
+        scored = RunPredictDataset(
+            **data.model_dump(exclude={"version"}),
+            version=found.version,
+            file=datasets.file_of(found),
+        )
+    else:
+        check_inputs(req.inputs or [], version.input_schema)
+    spec = PredictSpec(
+        model_name=req.model_name,
+        version=version.version,
+        inputs=req.inputs,
+        dataset=scored,
+        outputs=req.outputs,
     )
-    response.status_code = 201 if created else 200
-    return job
+    create = {
+        "kind": JobKind.predict,
+        "model_name": req.model_name,
+        "spec": spec.model_dump(mode="json"),
+        # Scoring a data set is bulk work, which goes to the pool's training workers: a
+        # prediction worker runs batches of sync predictions in its one thread, and a
+        # long job there would hold up every sync request behind it.
+        "queue": train_queue(req.resources.pool, 1, 0, version.family)
+        if scored is not None
+        else predict_queue(req.resources.pool, version.family),
+        "model_version": version.version,
+        "priority": req.priority,
+        "max_attempts": req.max_attempts,
+        "submitted_by": who.key_id,
+    }
+    return create, version.family
 
 
 def _create_predict(req: PredictRequest, who: Principal, key: str | None) -> tuple[JobOut, bool]:
+    """A prediction with an Idempotency-Key or a callback, in a transaction of its own."""
     with session_scope() as s:
-        version = model_registry.get_model_version(s, req.model_name, req.version)
-        scored = None
-        if req.dataset is not None:
-            data = req.dataset
-            found = datasets.get_version(s, data.name, data.version, who.viewer, prefix="dataset.")
-            scored = RunPredictDataset(
-                **data.model_dump(exclude={"version"}),
-                version=found.version,
-                file=datasets.file_of(found),
-            )
-        else:
-            check_inputs(req.inputs or [], version.input_schema)
-        spec = PredictSpec(
-            model_name=req.model_name,
-            version=version.version,
-            inputs=req.inputs,
-            dataset=scored,
-            outputs=req.outputs,
-        )
+        create, family = _predict_create(s, req, who)
+        del create["submitted_by"]  # ``_submit`` sets it
         return _submit(
             s,
             who,
             key,
             _request_hash(JobKind.predict, req.model_dump(mode="json", exclude={"wait"})),
-            version.family,
+            family,
             req.callback_url,
-            kind=JobKind.predict,
-            model_name=req.model_name,
-            spec=spec.model_dump(mode="json"),
-            # Scoring a data set is bulk work, which goes to the pool's training workers:
-            # a prediction worker runs batches of sync predictions in its one thread, and
-            # a long job there would hold up every sync request behind it.
-            queue=train_queue(req.resources.pool, 1, 0, version.family)
-            if scored is not None
-            else predict_queue(req.resources.pool, version.family),
-            model_version=version.version,
-            priority=req.priority,
-            max_attempts=req.max_attempts,
+            **create,
         )
 
 
@@ -282,7 +322,11 @@ async def submit_predict(
     settings = get_settings()
     if req.wait is not None and req.wait > settings.max_wait_seconds:
         raise InvalidSpec(f"wait is at most {settings.max_wait_seconds} seconds", field="wait")
-    job, created = await run_in_threadpool(_create_predict, req, who, key)
+    if key is None and req.callback_url is None:
+        # Looked up and recorded with its neighbours, in their transaction (a group commit).
+        job, created = await submitter().submit(lambda s: _predict_create(s, req, who)), True
+    else:
+        job, created = await run_in_threadpool(_create_predict, req, who, key)
     if req.wait is None:
         response.status_code = 201 if created else 200
         return job

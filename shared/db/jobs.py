@@ -156,6 +156,54 @@ def create_job(
     return job_out(row)
 
 
+def create_jobs(session: Session, submitted: list[dict[str, Any]]) -> list[JobOut]:
+    """Submitted jobs, born queued, in one go: one multi-row INSERT of the jobs and one of
+    their events, no ORM objects. Each of ``submitted`` holds ``create_job``'s keywords
+    (without an idempotency key: a keyed submission checks for its earlier job first, and
+    takes ``create_job``)."""
+    if not submitted:
+        return []
+    stamp = now()
+    rows = [
+        {
+            "kind": s["kind"],
+            "model_name": s["model_name"],
+            "spec": s["spec"],
+            "queue": s["queue"],
+            "model_version": s.get("model_version"),
+            "max_attempts": s.get("max_attempts", 3),
+            "submitted_by": s.get("submitted_by"),
+            "priority": s.get("priority", 0),
+            "message": s.get("message"),
+            "id": str(uuid.uuid4()),
+            "state": JobState.queued,
+            "attempts": 0,
+            "idempotency_key": None,
+            "request_hash": None,
+            "progress": None,
+            "result": None,
+            "error": None,
+            "usage": None,
+            "worker": None,
+            "cancelled_by": None,
+            "created_at": stamp,
+            "updated_at": stamp,
+            "started_at": None,
+            "finished_at": None,
+            "heartbeat_at": None,
+        }
+        for s in submitted
+    ]
+    session.execute(_JOBS.insert(), rows)
+    events = [
+        {"job_id": r["id"], "at": stamp, "kind": JobEventKind.queued,
+         "message": f"queued on {r['queue']}", "worker": None}
+        for r in rows
+    ]  # fmt: skip
+    session.execute(_EVENTS.insert(), events)
+    return [JobOut.model_validate(r) for r in rows]
+
+
 def served_record(
     item: ServeItem,
     state: JobState,
