@@ -27,6 +27,7 @@ from api.routes import (
     webhooks,
     workers,
 )
+from shared import logs
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")
@@ -44,6 +45,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.batcher = Batcher()
     yield
     await app.state.batcher.close()
+
+
+def create_logged_app() -> FastAPI:
+    """``create_app`` in one of several API processes, which logs as the first does."""
+    logs.configure("api")
+    return create_app()
 
 
 def create_app() -> FastAPI:

@@ -37,10 +37,10 @@ from shared.config import get_settings
 from shared.constants import REPLY_CHANNEL
 from shared.db import fleet, model_registry
 from shared.db.session import read_scope
-from shared.enqueue import send_batch
+from shared.enqueue import direct_message, send_batch
 from shared.errors import Unavailable
 from shared.notify import decode_reply
-from shared.routing import predict_queue, waiting_reason
+from shared.routing import direct_queue, predict_queue, waiting_reason
 from shared.schemas import BatchingIn, ServeBatch, ServeItem
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # settings, are trusted before they are read again (in the background).
 SERVED_TTL_SECONDS = 2.0
 KNOBS_TTL_SECONDS = 5.0
+# Batches of one model on their way at once before requests gather: two, so that the
+# worker runs one while the answers of the other travel back and its callers send again.
+IN_FLIGHT = 2
 # Models whose batching settings are kept; the least recently added go first.
 MAX_MODELS_KNOWN = 1024
 
@@ -217,6 +220,7 @@ class Batcher:
         self._knobs: dict[str, _Fresh] = {}
         self._served = _Fresh(_served_queues, SERVED_TTL_SECONDS)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._redis: aioredis.Redis | None = None
 
     async def limits(self, model: str, version: str = "latest") -> tuple[int, float, str | None]:
         """(max rows per batch, max wait in ms) for a model: its own, else the global;
@@ -249,7 +253,7 @@ class Batcher:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         gathering.items.append(_Request(item, future))
         gathering.rows += rows
-        if gathering.rows >= max_rows or gathering.in_flight == 0:
+        if gathering.rows >= max_rows or gathering.in_flight < IN_FLIGHT:
             self._flush(key)
         elif gathering.timer is None:
             loop = asyncio.get_running_loop()
@@ -284,7 +288,7 @@ class Batcher:
     def _batch_done(self, key: tuple[str, str, str]) -> None:
         gathering = self._keys[key]
         gathering.in_flight -= 1
-        if gathering.items and gathering.in_flight == 0:
+        if gathering.items and gathering.in_flight < IN_FLIGHT:
             self._flush(key)
         elif not gathering.items and gathering.in_flight == 0:
             del self._keys[key]
@@ -306,17 +310,32 @@ class Batcher:
         )
         for request in ready:
             self.replies.waiting[request.item.id] = request.future
+        served = await self._served.get() or ()
         try:
+            if (direct := direct_queue(queue_name)) in served:
+                await self._push(direct, direct_message(batch, uuid.uuid4().hex))
+                return
             await self.sender.send(batch)
         except Unavailable as exc:
             self._queued(ready, f"waiting to be sent: {exc.detail}")
             return
-        if waiting_reason(queue_name, await self._served.get() or ()) is None:
+        if waiting_reason(queue_name, served) is None:
             return
         served = await self._served.get(within=0.5) or ()  # make sure
         why = waiting_reason(queue_name, served, family)
         if why is not None:
             self._queued(ready, why)
+
+    async def _push(self, direct: str, message: bytes) -> None:
+        """Into a direct list, from the event loop: one command, no thread hand-off."""
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                get_settings().broker_url, socket_connect_timeout=2, socket_timeout=2
+            )
+        try:
+            await self._redis.lpush(direct, message)
+        except (redis.RedisError, OSError) as exc:
+            raise Unavailable(f"the broker cannot be reached: {exc}") from None
 
     def _queued(self, ready: list[_Request], why: str) -> None:
         for request in ready:
@@ -335,6 +354,8 @@ class Batcher:
                 gathering.timer.cancel()
         self.sender.close()
         await self.replies.close()
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 def _served_queues() -> set[str]:

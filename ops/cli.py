@@ -89,7 +89,14 @@ def up(home: Path | None, port: int, flower_port: int, verbose: bool) -> None:
 @cli.command()
 @click.option("--host", default=None, help="default TORCHQUEUE_API_HOST or 127.0.0.1")
 @click.option("--port", type=int, default=None, help="default TORCHQUEUE_API_PORT or 8000")
-def api(host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="API processes on the one port, each batching its own callers "
+    "(default TORCHQUEUE_API_WORKERS or 1)",
+)
+def api(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
@@ -97,13 +104,17 @@ def api(host: str | None, port: int | None) -> None:
 
     settings = get_settings()
     logs.configure("api")
+    workers = workers or settings.api_workers
     uvicorn.run(
-        "api.app:create_app",
+        # Several processes: each configures its own logging as it builds its app.
+        "api.app:create_logged_app" if workers > 1 else "api.app:create_app",
         factory=True,
         host=host or settings.api_host,
         port=port or settings.api_port,
+        workers=workers,
         log_level="info",
         log_config=None,  # uvicorn's loggers go through ``shared.logs``
+        access_log=settings.api_access_log,
     )
 
 

@@ -26,8 +26,9 @@ import redis
 
 from shared.config import get_settings
 from shared.constants import JOBS_HEADER, QUEUE_PREDICT, QUEUE_TRAIN
-from shared.db import job_reads, jobs, locks
+from shared.db import fleet, job_reads, jobs, locks
 from shared.db.session import session_scope
+from shared.direct_batches import give_back_orphans, taken_list
 from shared.enqueue import send_job
 from shared.errors import Unavailable
 from shared.schemas import JobOut
@@ -74,14 +75,22 @@ def broker_job_ids(client: redis.Redis, delivered_within: float) -> set[str]:
     return ids
 
 
+def newest_first(found: list[JobOut]) -> list[JobOut]:
+    """Each job sent again goes in front of the one sent before it: sent newest first,
+    they keep the order in which they were submitted."""
+    return sorted(found, key=lambda job: job.created_at, reverse=True)
+
+
 class Reaper:
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"reaper@{socket.gethostname()}:{os.getpid()}"
         self.settings = get_settings()
 
     def _send(self, job: JobOut) -> bool:
+        """Send a job again: to the front of its priority level, ahead of the jobs queued
+        after it (``shared.transport``)."""
         try:
-            send_job(job)
+            send_job(job, first=True)
         except Unavailable as exc:
             log.warning("job %s stays queued: %s", job.id, exc.detail)
             return False
@@ -95,7 +104,7 @@ class Reaper:
             if not locks.acquire_lock(db, LOCK, self.name, 3 * s.reaper_interval_seconds):
                 return done
             expired = job_reads.expired_leases(db, s.lease_seconds)
-        for job in expired:
+        for job in newest_first(expired):
             with session_scope() as db:
                 action = jobs.reap(db, job, s.lease_seconds)
             done[action] += 1
@@ -104,6 +113,7 @@ class Reaper:
             if action != "skipped":
                 log.info("job %s: lease of %s expired: %s", job.id, job.worker, action)
         done["resent"] += self._resend_lost()
+        done["batches sent again"] += self._requeue_taken()
         done["sweep trials queued"] += self._advance_sweeps()
         done["webhook deliveries sent"] += self._send_due_deliveries()
         return done
@@ -138,6 +148,25 @@ class Reaper:
             running = sweeps.running_ids(db)
         return sum(len(sweep_driver.advance(sweep_id)) for sweep_id in running)
 
+    def _requeue_taken(self) -> int:
+        """Batches of sync predictions that a worker took from a direct list and had not
+        finished recording when it went offline: back at the front of their lists."""
+        with session_scope() as db:
+            online = {
+                taken_list(w.name, w.pid)
+                for w in fleet.list_workers(db, self.settings.worker_offline_after_seconds)
+                if w.state == "online"
+            }
+        try:
+            client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=5)
+            try:
+                return give_back_orphans(client, online)
+            finally:
+                client.close()
+        except redis.RedisError as exc:
+            log.warning("cannot read the broker (%s); taken batches wait", exc)
+            return 0
+
     def _resend_lost(self) -> int:
         with session_scope() as db:
             stale = job_reads.stale_queued(db, self.settings.resend_after_seconds)
@@ -151,7 +180,7 @@ class Reaper:
             log.warning("cannot read the broker (%s); %d queued jobs wait", exc, len(stale))
             return 0
         resent = 0
-        for job in stale:
+        for job in newest_first(stale):
             message = None
             if job.id not in held:
                 if not self._send(job):

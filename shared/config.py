@@ -110,11 +110,19 @@ class Settings(BaseSettings):
     api_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # API processes on the one port (`torchqueue api --workers`), each batching its own
+    # callers; and whether each request is logged (the metrics count them either way).
+    api_workers: int = Field(default=1, ge=1)
+    api_access_log: bool = False
     flower_port: int = 5555
     # Authentication: "off" is for local experiments only (the API warns at every start).
     auth: Literal["on", "off"] = "on"
     # An admin key accepted from the environment, for compose files and scripts.
     bootstrap_key: SecretStr | None = None
+    # Each API process keeps a valid key's lookup this long (0: never), so that most
+    # requests skip the database: the bound on how long a key revoked or changed by
+    # another process still works in this one.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
     # What clients (the CLI, api.client) send; default: the local admin key file, if any.
     api_key: SecretStr | None = None
     # An id that `torchqueue up` gives the processes it starts, which its API shows on

@@ -22,5 +22,14 @@ REDIS_PREFIX = "torchqueue:"
 JOB_DONE_CHANNEL = REDIS_PREFIX + "job-done:"
 # Outputs of served predictions, for the API process that waits for them.
 REPLY_CHANNEL = REDIS_PREFIX + "reply:"
+# A batch of sync predictions sent straight to a prediction worker's own consumer (not
+# through Celery) waits in the Redis list named after its queue with this suffix, and the
+# worker that takes it keeps it in its own list (prefix and worker name) until the
+# records of its predictions are committed.
+DIRECT_SUFFIX = ":direct"
+DIRECT_TAKEN = REDIS_PREFIX + "serve-taken:"
 # A serve message's header listing the jobs it carries (for the reaper).
 JOBS_HEADER = "torchqueue_jobs"
+# A job message's header when the job is sent again: it goes to the front of its priority
+# level (``shared.transport``).
+JOB_FIRST_HEADER = "torchqueue_first"

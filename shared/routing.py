@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from shared.constants import QUEUE_PREDICT, QUEUE_TRAIN
+from shared.constants import DIRECT_SUFFIX, QUEUE_PREDICT, QUEUE_TRAIN
 from shared.errors import InvalidSpec
 from shared.families import FAMILIES
 
@@ -55,6 +55,12 @@ def train_queue(
 
 def predict_queue(pool: str, family: str | None = None) -> str:
     return _of(f"{QUEUE_PREDICT}.{pool}", family)
+
+
+def direct_queue(queue: str) -> str:
+    """The list a prediction worker's own consumer takes ``queue``'s batches from; online
+    workers list it among their queues when they consume it (``served_queues``)."""
+    return queue + DIRECT_SUFFIX
 
 
 def worker_queues(

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import redis
 import torch
 from pydantic import ValidationError
+from pydantic_core import to_json  # the answers' bodies: five times json.dumps's speed
 
 from shared import notify
 from shared.db import jobs, model_registry
@@ -74,8 +77,10 @@ class _Run:
     """One batch on its way: the answers for the callers, then the records for the
     database (made after the answers are published: the callers do not wait for them)."""
 
-    def __init__(self, batch: ServeBatch, version: int, worker: str) -> None:
-        self.batch, self.version, self.worker = batch, version, worker
+    def __init__(
+        self, batch: ServeBatch, version: int, worker: str, after: Callable[[], None] | None
+    ) -> None:
+        self.batch, self.version, self.worker, self.after = batch, version, worker, after
         self.started, self.clock = now(), time.perf_counter()
         self.answers: list[tuple[str, int, bytes]] = []
         self.ended: list[tuple[ServeItem, JobState, datetime, str, dict[str, Any]]] = []
@@ -93,7 +98,7 @@ class _Run:
                   "model_version": self.version, "outputs": outputs}  # fmt: skip
         if item.outputs == "tensor":
             answer["classes"] = classes
-        self.answers.append((item.id, 200, json.dumps(answer).encode()))
+        self.answers.append((item.id, 200, to_json(answer)))
         del answer["job_id"]
         message = f"{usage['samples']} outputs, in a batch of {usage['batch_rows']} rows"
         self.ended.append(
@@ -118,14 +123,27 @@ class _Run:
         ]
 
 
-def run_batch(batch: ServeBatch, worker: str) -> None:
-    """Answer and record every request of a batch."""
+# One batch at a time in a worker, whichever way it came (Celery's serve task or the
+# direct consumer): concurrent forward passes on the same cores only slow each other.
+_one_at_a_time = threading.Lock()
+
+
+def run_batch(batch: ServeBatch, worker: str, after: Callable[[], None] | None = None) -> None:
+    """Answer and record every request of a batch; ``after`` is called once its records
+    are committed (at once when it has none)."""
+    with _one_at_a_time:
+        _run_batch(batch, worker, after)
+
+
+def _run_batch(batch: ServeBatch, worker: str, after: Callable[[], None] | None) -> None:
     try:
         version = _resolve(batch.model, batch.version)
     except TorchqueueError as exc:  # no such model or version, or no database: no job ran
         _publish(batch, [(i.id, exc.status, _refusal(exc)) for i in batch.items])
+        if after is not None:
+            after()
         return
-    run = _Run(batch, version.version, worker)
+    run = _Run(batch, version.version, worker, after)
     try:
         model = inference.get_model(version)
     except Exception as exc:
@@ -136,21 +154,38 @@ def run_batch(batch: ServeBatch, worker: str) -> None:
             run.fail(item, 502, type_, f"the model could not be loaded: {detail}")
         _finish(run)
         return
-    ready: list[tuple[ServeItem, torch.Tensor]] = []
+    checked: list[ServeItem] = []
     for item in batch.items:
         try:
             # As the API checks a request before it records a job; a tensor's shape is
             # checked here and its bytes when they are read, once.
             check_inputs(item.inputs, version.input_schema)
-            inputs = item.inputs.model_dump() if isinstance(item.inputs, Tensor) else item.inputs
-            ready.append((item, model.encode(inputs)))
+            checked.append(item)
         except InvalidSpec as exc:  # refused before it ran, as the job route does
             run.answers.append((item.id, exc.status, _refusal(exc)))
-        except BadData as exc:
-            run.fail(item, 422, exc.type, exc.detail)
+    ready = _encoded(run, model, checked)
     if ready:
         _forward(run, model, ready)
     _finish(run)
+
+
+def _encoded(run: _Run, model: Any, items: list[ServeItem]) -> list[tuple[ServeItem, torch.Tensor]]:
+    """Each request's inputs as the model's input: the feature rows of all of them in one
+    go where the model allows it, the rest one by one (bad data fails its request alone)."""
+    rows = [i for i in items if isinstance(i.inputs, list)] if len(items) > 1 else []
+    together = model.encode_rows([i.inputs for i in rows]) if rows else None
+    ready = dict(zip((i.id for i in rows), together, strict=True)) if together else {}
+    out: list[tuple[ServeItem, torch.Tensor]] = []
+    for item in items:
+        if (x := ready.get(item.id)) is not None:
+            out.append((item, x))
+            continue
+        inputs = item.inputs.model_dump() if isinstance(item.inputs, Tensor) else item.inputs
+        try:
+            out.append((item, model.encode(inputs)))
+        except BadData as exc:
+            run.fail(item, 422, exc.type, exc.detail)
+    return out
 
 
 # Versions are immutable: a number, once read, is kept (``latest`` and aliases, which
@@ -207,7 +242,7 @@ def _forward_one(run: _Run, model: Any, ready: list[tuple[ServeItem, torch.Tenso
 def _finish(run: _Run) -> None:
     """Answer first, record after: the callers do not wait for the database."""
     _publish(run.batch, run.answers)
-    writer().put(run.records())
+    writer().put(run.records(), after=run.after)
 
 
 def _publish(batch: ServeBatch, answers: list[tuple[str, int, bytes]]) -> None:

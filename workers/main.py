@@ -168,14 +168,23 @@ def run_worker(
     predict_only = QUEUE_TRAIN not in kinds
     chosen = threads.choose(group, predict_only, len(discover_gpus()))
     log.info("torch threads per process: %s", chosen or "torch's default")
+    name = node_name(group, kinds)
+    direct = None
+    if predict_only:  # no forked children: batches may run in this process's threads
+        from workers.direct import DirectConsumer
+
+        direct = DirectConsumer(name, queues)
+        worker_shutdown.connect(direct.stop, weak=False)  # before the records are written
     worker_process_init.connect(_child_init, weak=False)
     worker_process_shutdown.connect(_record_pending, weak=False)
     worker_shutdown.connect(_record_pending, weak=False)
     if predict_only:
         threads.load_torch()
-    name = node_name(group, kinds)
     infos = [o.info() for o in offered.values()]
-    with Registration(name, pool, queues, [d.to_json() for d in devices], infos):
+    listed = queues + (direct.lists if direct is not None else [])
+    with Registration(name, pool, listed, [d.to_json() for d in devices], infos):
+        if direct is not None:
+            direct.start()
         settings = get_settings()
         if figures is not None and settings.worker_metrics_port is not None:
             address, port = settings.worker_metrics_address, settings.worker_metrics_port

@@ -87,6 +87,21 @@ class LoadedModel:
             return self.pre.encode(tensors.decode(inputs))  # type: ignore[arg-type]
         return self.pre.encode(inputs)
 
+    def encode_rows(self, requests: Sequence[Sequence[Any]]) -> list[torch.Tensor] | None:
+        """Several requests' feature rows encoded in one go, one tensor each; None when
+        this model's preprocessing is not row by row (its encoding of one request could
+        then depend on the others), or a request's rows are bad (encode each alone, to
+        tell which)."""
+        from workers.preprocess import Standardizer
+
+        if not isinstance(self.pre, Standardizer):
+            return None
+        try:
+            x = self.pre.encode([row for rows in requests for row in rows])
+        except BadData:
+            return None
+        return list(torch.split(x, [len(rows) for rows in requests]))
+
     def forward(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """The model's raw outputs for encoded inputs, as float32 on the CPU."""
         chunks = []

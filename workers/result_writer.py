@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from shared.config import get_settings
@@ -26,16 +27,25 @@ class ResultWriter:
     def __init__(self, flush_seconds: float, flush_rows: int) -> None:
         self.flush_seconds, self.flush_rows = flush_seconds, flush_rows
         self._pending: list[dict[str, Any]] = []
+        self._after: list[Callable[[], None]] = []
         self._wake = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="result-writer", daemon=True)
         self._thread.start()
 
-    def put(self, records: list[dict[str, Any]]) -> None:
+    def put(self, records: list[dict[str, Any]], after: Callable[[], None] | None = None) -> None:
+        """Records to write; ``after`` is called once they are committed (in this thread,
+        at once, when there are none)."""
+        if not records:
+            if after is not None:
+                after()
+            return
         with self._wake:
             if self._closing:
                 raise RuntimeError("the result writer is closed")
             self._pending.extend(records)
+            if after is not None:
+                self._after.append(after)
             if len(self._pending) >= self.flush_rows:
                 self._wake.notify()
 
@@ -44,12 +54,13 @@ class ResultWriter:
         with self._wake:
             return len(self._pending)
 
-    def _take(self) -> list[dict[str, Any]]:
+    def _take(self) -> tuple[list[dict[str, Any]], list[Callable[[], None]]]:
         with self._wake:
             if not self._closing and len(self._pending) < self.flush_rows:
                 self._wake.wait(self.flush_seconds)
             taken, self._pending = self._pending, []
-            return taken
+            after, self._after = self._after, []
+            return taken, after
 
     def _run(self) -> None:
         pause = 0.5
@@ -57,7 +68,7 @@ class ResultWriter:
             with self._wake:
                 if self._closing and not self._pending:
                     return
-            records = self._take()
+            records, after = self._take()
             if not records:
                 continue
             try:
@@ -67,8 +78,15 @@ class ResultWriter:
                 log.warning("could not record %d predictions (%s); trying again", len(records), exc)
                 with self._wake:
                     self._pending[:0] = records
+                    self._after[:0] = after
                     self._wake.wait(pause)
                 pause = min(pause * 2, 10.0)
+                continue
+            for done in after:
+                try:
+                    done()
+                except Exception:
+                    log.exception("after recording %d predictions", len(records))
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         for start in range(0, len(records), self.flush_rows):

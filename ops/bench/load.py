@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -21,13 +20,19 @@ class Result:
         return self.count / self.seconds if self.seconds else 0.0
 
     def pct(self, q: float) -> float:
-        """The q-th percentile latency in milliseconds."""
+        """The q-th percentile latency in milliseconds (99.9 too), interpolated."""
         if not self.latencies:
             return float("nan")
-        if len(self.latencies) == 1:
-            return self.latencies[0] * 1000
-        cuts = statistics.quantiles(self.latencies, n=100, method="inclusive")
-        return cuts[int(q) - 1] * 1000
+        ordered = sorted(self.latencies)
+        at = (len(ordered) - 1) * q / 100
+        low = int(at)
+        high = min(low + 1, len(ordered) - 1)
+        return (ordered[low] + (ordered[high] - ordered[low]) * (at - low)) * 1000
+
+    @property
+    def slowest(self) -> float:
+        """The slowest request, in milliseconds."""
+        return max(self.latencies, default=float("nan")) * 1000
 
 
 def sequential(call: Callable[[], object], n: int, warmup: int = 3) -> Result:
@@ -177,3 +182,128 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- a burst of requests that answer with a body to keep -------------------------------
+# Submissions answer 201 with the job; the bench keeps every answer to check what ran.
+
+
+def burst(
+    url: str,
+    callers: int,
+    per_caller: int,
+    *,
+    body: bytes | None = None,
+    expect: tuple[int, ...] = (200,),
+) -> tuple[Result, list[bytes]]:
+    """``callers`` connections each send ``per_caller`` requests (a POST of ``body``, or a
+    GET without one) in a child process; every answer's status must be in ``expect``.
+    Returns the latencies and every answer's body."""
+    import base64
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        f.write(json.dumps({"url": url, "callers": callers, "per_caller": per_caller,
+                            "body": None if body is None else body.decode(),
+                            "expect": list(expect)}).encode())  # fmt: skip
+        f.flush()
+        argv = [sys.executable, "-c", "from ops.bench.load import burst_main; burst_main()",
+                f.name]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, check=False, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed: {done.stderr.decode()[-2000:]}")
+    out = json.loads(done.stdout)
+    answers = [base64.b64decode(a) for a in out["answers"]]
+    return Result(out["count"], out["seconds"], out["latencies"]), answers
+
+
+async def _burst_caller(
+    host: str,
+    port: int,
+    request: bytes,
+    count: int,
+    expect: tuple[int, ...],
+    lat: list[float],
+    answers: list[bytes],
+) -> None:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answer = await reader.readexactly(length)
+            lat.append(time.perf_counter() - started)
+            if status not in expect:
+                raise RuntimeError(f"{status}: {answer[:300]!r}")
+            answers.append(answer)
+    finally:
+        writer.close()
+
+
+async def _burst(
+    url: str, body: bytes | None, callers: int, per_caller: int, expect: tuple[int, ...]
+) -> tuple[Result, list[bytes]]:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    if body is None:
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+        request = head.encode()
+    else:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        request = head.encode() + body
+    per: list[list[float]] = [[] for _ in range(callers)]
+    answers: list[list[bytes]] = [[] for _ in range(callers)]
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            _burst_caller(host, port, request, per_caller, expect, lat, got)
+            for lat, got in zip(per, answers, strict=True)
+        )
+    )
+    elapsed = time.perf_counter() - started
+    latencies = [x for lat in per for x in lat]
+    return Result(len(latencies), elapsed, latencies), [a for got in answers for a in got]
+
+
+def burst_main() -> None:
+    """The child process of ``burst``: its one argument is the file of its parameters."""
+    import asyncio
+    import base64
+    import json
+    import sys
+    from pathlib import Path
+
+    plan = json.loads(Path(sys.argv[1]).read_text())
+    body = None if plan["body"] is None else plan["body"].encode()
+    run: Any = asyncio.run
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        pass
+    result, answers = run(
+        _burst(plan["url"], body, plan["callers"], plan["per_caller"], tuple(plan["expect"]))
+    )
+    json.dump({"count": result.count, "seconds": result.seconds, "latencies": result.latencies,
+               "answers": [base64.b64encode(a).decode() for a in answers]},
+              sys.stdout)  # fmt: skip

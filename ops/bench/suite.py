@@ -171,19 +171,14 @@ def _image_tensor(n: int, seed: int) -> dict[str, Any]:
     return tensors.encode(models.sample_images(n, seed))
 
 
-def torchqueue_rows(
-    client: httpx.Client, plan: Plan, ceiling: dict[str, float], naive: dict[str, Any]
-) -> list[Row]:
+def torchqueue_rows(client: httpx.Client, plan: Plan, ceiling: dict[str, float]) -> list[Row]:
     _train_serving_models(client)
     url = f"{client.base_url}".rstrip("/") + "/v1/models/{}/predict"
 
     def body(inputs: Any, **extra: Any) -> bytes:
         return json.dumps({"inputs": inputs, **extra}).encode()
 
-    one = body(models.sample_rows(1, seed=3))
     mlp = url.format("bench-mlp")
-    seq = load.http_load(mlp, one, 1, requests=plan.sequential)
-    conc = load.http_load(mlp, one, CALLERS, seconds=plan.seconds)
     rows256 = models.sample_rows(256, seed=6)
     as_json, as_tensor = body(rows256), body(_tensor(rows256), outputs="tensor")
     texts = body(models.sample_texts(256, seed=6))
@@ -196,21 +191,8 @@ def torchqueue_rows(
                            ("lstm", lstm_url, texts),
                            ("transformer", transformer_url, texts), ("cnn", cnn_url, images))
     }  # fmt: skip
-    n, sec = f"x{CALLERS}", "4 torchqueue sync predict"
-    nseq, nconc, noop = naive["seq"], naive["conc"], naive["noop"]
-    floor = noop.pct(50) + 1000 / ceiling["mlp/b1"]  # the queue's floor plus the model's time
-    rows = [
-        Row(sec, "1 row seq p50", seq.pct(50), "ms", "naive predict_one seq p50", nseq.pct(50)),
-        Row(sec, "1 row seq p99", seq.pct(99), "ms", "naive predict_one seq p99", nseq.pct(99)),
-        Row(sec, "1 row seq p50 vs floor", seq.pct(50), "ms", "noop p50 + mlp b1 forward",
-            floor, goal=("<=", 1.5)),
-        Row(sec, f"1 row {n} throughput", conc.throughput, "pred/s", f"naive {n} throughput",
-            nconc.throughput, goal=(">=", 4.0)),
-        Row(sec, f"1 row {n} p50", conc.pct(50), "ms", f"naive {n} p50", nconc.pct(50)),
-        Row(sec, f"1 row {n} p99", conc.pct(99), "ms", f"naive {n} p99", nconc.pct(99)),
-        Row(sec, f"1 row {n} p99 (ms, absolute)", conc.pct(99), "ms", "-", 0.0,
-            goal=("<=", 50.0)),
-    ]  # fmt: skip
+    sec = "4 torchqueue sync predict, large requests"
+    rows: list[Row] = []
     for name, figure, family, goal in (
         ("json", "mlp 256 rows/request, JSON", "mlp", None),
         ("tensor", "mlp 256 rows/request, tensor", "mlp", 0.15),
@@ -225,6 +207,21 @@ def torchqueue_rows(
                     goal=(">=", goal) if goal else None)
             )  # fmt: skip
     return rows
+
+
+def one_row_rows(system: System, plan: Plan, naive: dict[str, Any]) -> list[Row]:
+    """1-row requests beside the HTTP ceiling (a bare ASGI endpoint, FastAPI with the
+    route's model) and the naive Celery baseline; the API as one process, then two."""
+    from ops.bench import sync
+
+    sequential = plan.sequential
+    figures = sync.baselines(system.home, sync.one_row_body(), plan.seconds, sequential)
+    figures.update(sync.torchqueue(system, plan.seconds, sequential))
+    naive_rows = [
+        Row("4a sync predict against the HTTP ceiling", "1 row, 1 caller p50",
+            figures["torchqueue"].seq.pct(50), "ms", "naive Celery p50", naive["seq"].pct(50)),
+    ]  # fmt: skip
+    return sync.rows(figures, naive["conc"]) + naive_rows
 
 
 # Epochs enough for jobs of one to two seconds each on one CPU thread, so that a job's
@@ -313,6 +310,10 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:,.0f}/s"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "jobs/s":
+        return f"{value:,.0f}/s"
+    if unit == "jobs":
+        return f"{value:,.0f}"
     if unit == "MB/s":
         return f"{value:,.1f} MB/s"
     return f"{value:.2f} s"
@@ -324,7 +325,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path(".torchqueue/bench.json"))
     args = parser.parse_args()
     # Each of these builds rows of this module's table: imported here, not above.
-    from ops.bench import batch_predict, dataset_train, dataset_upload
+    from ops.bench import batch_predict, dataset_train, dataset_upload, submit
 
     plan = PLANS["quick" if args.quick else "full"]
     started = time.perf_counter()
@@ -338,14 +339,16 @@ def main() -> None:
         rows += more
         limits = httpx.Limits(max_connections=CALLERS * 2, max_keepalive_connections=CALLERS)
         with httpx.Client(base_url=system.api_url, timeout=120, limits=limits) as client:
-            rows += torchqueue_rows(client, plan, ceiling, naive)
+            rows += torchqueue_rows(client, plan, ceiling)
             rows += training_rows(client)
+        rows += one_row_rows(system, plan, naive)
         rows += dataset_upload.rows(system.api_url, 100_000 if args.quick else 1_000_000)
         n_scored = 200_000 if args.quick else 1_000_000
         rows += batch_predict.rows(batch_predict.measure(n_scored, 1))
     finally:
         system.stop()
-    # Its own Redis, database and worker, set in its own environment: after the rest.
+    # Each with its own Redis, database and worker, set in its own environment: after the rest.
+    rows += submit.all_rows(*((200, 50) if args.quick else (submit.JOBS, submit.INLINE_JOBS)))
     trained = dataset_train.measure(100_000 if args.quick else 1_000_000, 3)
     rows.append(
         Row(

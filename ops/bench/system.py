@@ -28,6 +28,7 @@ class System:
         self.redis_url = ""
         self.bench_url = ""
         self.api_url = ""
+        self._api: subprocess.Popen[bytes] | None = None
 
     def base(self, threads: int = 1, **env: str) -> None:
         """An embedded Redis, a migrated SQLite database and the environment that points
@@ -54,10 +55,25 @@ class System:
         get_celery.cache_clear()
         upgrade(db_url)
 
-    def api(self) -> None:
+    def api(self, workers: int = 1) -> None:
+        """The API on a port of its own, as ``workers`` processes."""
         port = processes.free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        self.spawn("api", ["-m", "ops.cli", "api", "--port", str(port)])
+        self.spawn("api", ["-m", "ops.cli", "api", "--port", str(port), "--workers", str(workers)])
+        self._api = self.procs[-1]
+
+    def restart_api(self, workers: int) -> None:
+        """The API again, as ``workers`` processes, once it is ready."""
+        if self._api is not None:
+            processes.stop(self._api, timeout=15)
+            self.procs.remove(self._api)
+        self.api(workers)
+        deadline = time.monotonic() + 60
+        while not self.api_ready():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the API did not start; its log: {self.home}/api.log")
+            time.sleep(0.2)
 
     def worker(self, *argv: str, timeout: float = 120) -> None:
         """One CPU worker (``argv``: more of its options), once it answers a ping."""
