@@ -27,7 +27,7 @@ from api.routes import (
     webhooks,
     workers,
 )
-from shared import logs
+from shared import logs, processes
 from shared.config import get_settings
 
 log = logging.getLogger("torchqueue.api")
@@ -43,6 +43,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             "for local experiments only"
         )
     app.state.batcher = Batcher()
+    processes.freeze_heap()
     yield
     await app.state.batcher.close()
 

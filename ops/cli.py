@@ -247,7 +247,7 @@ def keys_list() -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key: it stops working at once."""
+    """Revoke a key: it stops working within TORCHQUEUE_AUTH_CACHE_SECONDS (5 s)."""
     from shared.db import keys as api_keys
     from shared.db.session import session_scope
     from shared.errors import NotFound

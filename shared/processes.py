@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -122,6 +123,16 @@ def stop_all(
             proc.wait()
         if group:
             signal_group(proc, signal.SIGKILL)
+
+
+def freeze_heap() -> None:
+    """Once a long-running process has started: what it made to start (modules, the app,
+    torch) is kept for good, so the collector's full passes leave it out. Without this a
+    full pass in the API walked every object the process had (120 to 130 ms, with
+    nothing to collect) while no request moved. Once per process."""
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 def exit_now(status: int) -> None:

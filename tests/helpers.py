@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import sys
 import time
 import uuid
@@ -84,6 +85,18 @@ def start_process(argv: list[str], log: Path, env: dict[str, str] | None = None)
         env={**os.environ, **(env or {})},
         cwd=ROOT,
     )
+
+
+def wait_listening(port: int, proc: Any, log: Path, timeout: float = 60) -> None:
+    """Until ``proc`` (a server started by ``start_process``) accepts connections."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
 
 
 def wait_for_worker(name_prefix: str, timeout: float = 60) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +19,7 @@ from shared.constants import DIRECT_TAKEN, JOBS_HEADER
 from shared.processes import free_port
 from shared.routing import direct_queue, predict_queue
 from tests.fleet import Fleet
-from tests.helpers import ADMIN_KEY, unique
+from tests.helpers import ADMIN_KEY, unique, wait_listening
 from tests.test_serving import IRIS, recorded, register
 
 pytestmark = pytest.mark.slow
@@ -74,14 +73,7 @@ def test_an_api_killed_mid_batch_loses_no_prediction(fleet: Fleet, api_client: A
     register(name, epochs=1)
     port = free_port()
     api = fleet.start("api", "--port", str(port))
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert api.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+    wait_listening(port, api, fleet.logs / f"api-{len(fleet.procs) - 1}.log")
     url = f"http://127.0.0.1:{port}/v1/models/{name}/predict"
     key = {"Authorization": f"Bearer {ADMIN_KEY}"}
     with httpx.Client(timeout=30, headers=key) as http:  # the API's view of served queues

@@ -26,6 +26,7 @@ from celery.signals import (
     setup_logging,
     worker_process_init,
     worker_process_shutdown,
+    worker_ready,
     worker_shutdown,
 )
 
@@ -175,6 +176,8 @@ def run_worker(
 
         direct = DirectConsumer(name, queues)
         worker_shutdown.connect(direct.stop, weak=False)  # before the records are written
+    # A full pass of the collector over torch's objects would stall a batch for as long.
+    worker_ready.connect(lambda **_: processes.freeze_heap(), weak=False)
     worker_process_init.connect(_child_init, weak=False)
     worker_process_shutdown.connect(_record_pending, weak=False)
     worker_shutdown.connect(_record_pending, weak=False)

@@ -109,6 +109,18 @@ def http_load(
     return Result(out["count"], out["seconds"], out["latencies"])
 
 
+async def _exchange(reader: Any, writer: Any, request: bytes) -> tuple[int, bytes]:
+    """One request on a keep-alive connection: its status and body."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return int(head[9:12]), await reader.readexactly(length)
+
+
 async def _caller(
     host: str, port: int, request: bytes, until: Callable[[int, float], bool], lat: list[float]
 ) -> None:
@@ -118,15 +130,7 @@ async def _caller(
     try:
         while not until(len(lat), time.perf_counter()):
             started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            answer = await reader.readexactly(length)
+            status, answer = await _exchange(reader, writer, request)
             if status != 200:
                 raise RuntimeError(f"{status}: {answer[:300]!r}")
             lat.append(time.perf_counter() - started)
@@ -235,15 +239,7 @@ async def _burst_caller(
     try:
         for _ in range(count):
             started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            answer = await reader.readexactly(length)
+            status, answer = await _exchange(reader, writer, request)
             lat.append(time.perf_counter() - started)
             if status not in expect:
                 raise RuntimeError(f"{status}: {answer[:300]!r}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from shared.jobstate import JobKind
 from shared.processes import free_port
 from shared.processes import stop as stop_process
 from tests.dbproxy import Proxy
-from tests.helpers import ADMIN_KEY, start_process, unique
+from tests.helpers import ADMIN_KEY, start_process, unique, wait_listening
 
 pytestmark = [
     pytest.mark.slow,
@@ -104,14 +103,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
         ["api", "--port", str(port)], log, {"TORCHQUEUE_DATABASE_URL": proxy.proxied_url}
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+        wait_listening(port, proc, log)
         yield Api(port, proxy, log)
     finally:
         stop_process(proc)
