@@ -1,11 +1,13 @@
 """Sync predictions in the API process: dynamic batching before the broker.
 
 Concurrent requests for the same model, version and pool are sent as one batch message
-(a ``shared.schemas.ServeBatch``, by ``shared.enqueue.send_batch``), so that a burst of
-callers costs the broker and the worker one message and one forward pass, not one each.
-A request for a model with no batch on its way is sent at once (an idle model adds no
-wait); while a batch is on its way, requests gather for at most ``max_wait_ms`` or until
-they fill ``max_batch_size`` rows, and go at once when the last batch comes back. The
+(a ``shared.schemas.ServeBatch``), so that a burst of callers costs the broker and the
+worker one message and one forward pass, not one each: pushed from the event loop onto
+the queue's direct list when a prediction worker consumes it (``workers.direct``), else
+sent as a Celery task (``shared.enqueue.send_batch``, from a thread of its own). A request
+for a model with fewer than ``IN_FLIGHT`` batches on their way is sent at once (an idle
+model adds no wait); otherwise requests gather for at most ``max_wait_ms`` or until they
+fill ``max_batch_size`` rows, and go at once when a batch comes back. The
 worker resolves ``latest`` or an alias when it runs the batch, and checks every request's
 inputs against that version.
 

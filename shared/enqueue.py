@@ -2,7 +2,8 @@
 recorded job (the API when a job is submitted, the reaper when a job must be sent again),
 ``send_jobs`` many at once (the API's group commit, ``api.submitter``);
 ``send_batch`` sends a batch of sync predictions that the API coalesced
-(``api.batcher``). All give up after the same few quick tries."""
+(``api.batcher``) as a Celery task, and ``direct_message`` is such a batch as it waits in
+a direct list (``workers.direct``). All give up after the same few quick tries."""
 
 from __future__ import annotations
 
