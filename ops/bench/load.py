@@ -109,6 +109,22 @@ def http_load(
     return Result(out["count"], out["seconds"], out["latencies"])
 
 
+def _request(url: str, body: bytes | None) -> tuple[str, int, bytes]:
+    """The host, port and bytes of one request: a POST of ``body`` as JSON, or a GET."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    if body is None:
+        return host, port, f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return host, port, head.encode() + body
+
+
 async def _exchange(reader: Any, writer: Any, request: bytes) -> tuple[int, bytes]:
     """One request on a keep-alive connection: its status and body."""
     writer.write(request)
@@ -140,15 +156,8 @@ async def _caller(
 
 async def _load(url: str, body: bytes, callers: int, seconds: float, requests: int) -> Result:
     import asyncio
-    from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    head = (
-        f"POST {parts.path}?{parts.query} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    request = head.encode() + body
+    host, port, request = _request(url, body)
     warm: list[float] = []
     await _caller(host, port, request, lambda n, _: n >= 3, warm)
     deadline = time.perf_counter() + seconds
@@ -252,20 +261,8 @@ async def _burst(
     url: str, body: bytes | None, callers: int, per_caller: int, expect: tuple[int, ...]
 ) -> tuple[Result, list[bytes]]:
     import asyncio
-    from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    if body is None:
-        head = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
-        request = head.encode()
-    else:
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        request = head.encode() + body
+    host, port, request = _request(url, body)
     per: list[list[float]] = [[] for _ in range(callers)]
     answers: list[list[bytes]] = [[] for _ in range(callers)]
     started = time.perf_counter()
